@@ -295,9 +295,11 @@ EEVP_API int eevp_ctx_create(eevp_ctx **out, const eevp_head *head,
 /* Free a context (NULL is a no-op); destroys a custom criterion's state. */
 EEVP_API void eevp_ctx_free(eevp_ctx *ctx);
 
-/* Detail of the last error on this context: static-length text owned by the
- * context, "" when the last call succeeded.  Valid until the next call on
- * the context.  Never NULL (a NULL ctx gives a fixed text). */
+/* Detail of the last error returned by a function that takes a non-const
+ * eevp_ctx *, "" after such a call succeeded (functions taking a const
+ * context report through their return code only).  The text is owned by the
+ * context and valid until the next call on it.  Never NULL (a NULL ctx gives
+ * a fixed text). */
 EEVP_API const char *eevp_ctx_errmsg(const eevp_ctx *ctx);
 
 /* Abandon any step in progress and forget every per-sequence state.  The
@@ -372,8 +374,10 @@ typedef struct eevp_result {
     float threshold;      /* lambda(t) used for this sequence */
 } eevp_result;
 
-/* Read sequence seq's result.  out->struct_size must be set; the library
- * writes only what it covers. */
+/* Read sequence seq's result.  out->struct_size must be set (at least the
+ * first version's size, EEVP_ESTRUCT otherwise); the library fills what it
+ * knows and zero-fills the rest of what struct_size covers.  The same rule
+ * holds for every struct the library writes (eevp_stats). */
 EEVP_API int eevp_step_result(const eevp_ctx *ctx, int32_t seq, eevp_result *out);
 
 /* Copy the top min(capacity, n) candidates of a resolved sequence (n = K for

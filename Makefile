@@ -1,0 +1,136 @@
+# libeevp - GNU Makefile.  Targets: all check check-asan demo install uninstall
+# deps clean.  Version numbers come from include/eevp.h, the one source of truth.
+
+VERSION_MAJOR := $(shell sed -n 's/^\#define EEVP_VERSION_MAJOR \([0-9]*\).*/\1/p' include/eevp.h)
+VERSION_MINOR := $(shell sed -n 's/^\#define EEVP_VERSION_MINOR \([0-9]*\).*/\1/p' include/eevp.h)
+VERSION_PATCH := $(shell sed -n 's/^\#define EEVP_VERSION_PATCH \([0-9]*\).*/\1/p' include/eevp.h)
+VERSION := $(VERSION_MAJOR).$(VERSION_MINOR).$(VERSION_PATCH)
+
+PREFIX ?= /usr/local
+prefix ?= $(PREFIX)
+exec_prefix ?= $(prefix)
+libdir ?= $(exec_prefix)/lib
+includedir ?= $(prefix)/include
+DESTDIR ?=
+
+CC ?= cc
+# Debian's default python3 has no numpy; later issues name this one.
+PKG_CONFIG ?= pkg-config
+
+# Debian packages the build and the tests need; `make deps` installs the
+# missing ones.
+DEB_PACKAGES := libopenblas-dev check pkg-config
+
+BLAS_CFLAGS = $(shell $(PKG_CONFIG) --cflags openblas 2>/dev/null)
+BLAS_LIBS = $(shell $(PKG_CONFIG) --libs openblas 2>/dev/null || echo -lopenblas)
+CHECK_CFLAGS = $(shell $(PKG_CONFIG) --cflags check 2>/dev/null)
+CHECK_LIBS = $(shell $(PKG_CONFIG) --libs check 2>/dev/null || echo -lcheck)
+
+WARN := -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes -Wvla
+CFLAGS ?= -O2 -g
+ALL_CFLAGS := -std=c99 -D_POSIX_C_SOURCE=200809L $(WARN) $(CFLAGS) $(EXTRA_CFLAGS) \
+  -Iinclude -Isrc $(BLAS_CFLAGS)
+LIB_CFLAGS := $(ALL_CFLAGS) -fPIC -fvisibility=hidden
+
+SONAME := libeevp.so.$(VERSION_MAJOR)
+SHARED := lib/libeevp.so.$(VERSION)
+STATIC := lib/libeevp.a
+
+SRCS := $(wildcard src/*.c)
+OBJS := $(patsubst src/%.c,build/%.o,$(SRCS))
+TEST_SRCS := $(wildcard tests/check_*.c) tests/ref.c
+ASAN_FLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+
+.PHONY: all check check-asan demo examples install uninstall deps clean
+
+all: $(SHARED) lib/$(SONAME) lib/libeevp.so $(STATIC) eevp.pc
+
+build/%.o: src/%.c include/eevp.h $(wildcard src/*.h) | build
+	$(CC) $(LIB_CFLAGS) -c $< -o $@
+
+build lib:
+	mkdir -p $@
+
+$(SHARED): $(OBJS) src/libeevp.vers | lib
+	$(CC) -shared -Wl,-soname,$(SONAME) -Wl,--version-script=src/libeevp.vers \
+	  -Wl,--no-undefined -o $@ $(OBJS) $(BLAS_LIBS) -lm $(LDFLAGS)
+
+lib/$(SONAME): $(SHARED)
+	ln -sf libeevp.so.$(VERSION) $@
+
+lib/libeevp.so: lib/$(SONAME)
+	ln -sf $(SONAME) $@
+
+$(STATIC): $(OBJS) | lib
+	rm -f $@
+	$(AR) rcs $@ $(OBJS)
+
+eevp.pc: eevp.pc.in include/eevp.h Makefile
+	sed -e 's|@prefix@|$(prefix)|' -e 's|@exec_prefix@|$(exec_prefix)|' \
+	    -e 's|@libdir@|$(libdir)|' -e 's|@includedir@|$(includedir)|' \
+	    -e 's|@VERSION@|$(VERSION)|' $< > $@
+
+# ---- dependencies -----------------------------------------------------------
+deps:
+	@missing=""; for p in $(DEB_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" != 0 ]; then \
+	  echo "missing Debian packages:$$missing"; \
+	  echo "run: sudo apt-get update && sudo apt-get install -y$$missing"; exit 1; \
+	fi; \
+	echo "installing:$$missing"; \
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq$$missing
+
+# ---- tests ------------------------------------------------------------------
+tests/check_eevp: $(TEST_SRCS) tests/ref.h include/eevp.h $(SHARED) lib/libeevp.so
+	$(CC) $(ALL_CFLAGS) $(CHECK_CFLAGS) -Itests -o $@ $(TEST_SRCS) \
+	  -Llib -leevp -Wl,-rpath,'$$ORIGIN/../lib' $(CHECK_LIBS) -lm
+
+check: deps
+	$(MAKE) all tests/check_eevp
+	tests/check_eevp
+	sh tests/check_symbols.sh
+
+# The same suites with the library and the tests built under ASan and UBSan,
+# linked statically so that the instrumented objects are the ones tested.
+check-asan: deps
+	rm -rf build/asan && mkdir -p build/asan
+	$(CC) $(ALL_CFLAGS) $(ASAN_FLAGS) $(CHECK_CFLAGS) -Itests -o build/asan/check_eevp \
+	  $(SRCS) $(TEST_SRCS) $(BLAS_LIBS) $(CHECK_LIBS) -lm
+	ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
+	  CK_DEFAULT_TIMEOUT=600 build/asan/check_eevp
+
+# ---- examples ---------------------------------------------------------------
+EXAMPLES := examples/demo examples/hello
+
+examples/%: examples/%.c include/eevp.h $(SHARED) lib/libeevp.so
+	$(CC) $(ALL_CFLAGS) -o $@ $< -Llib -leevp -Wl,-rpath,'$$ORIGIN/../lib' -lm
+
+examples: $(EXAMPLES)
+
+demo: deps
+	$(MAKE) all examples/demo
+	examples/demo
+
+# ---- install ----------------------------------------------------------------
+install: all
+	install -d $(DESTDIR)$(libdir) $(DESTDIR)$(includedir) $(DESTDIR)$(libdir)/pkgconfig
+	install -m 644 include/eevp.h $(DESTDIR)$(includedir)/eevp.h
+	install -m 755 $(SHARED) $(DESTDIR)$(libdir)/libeevp.so.$(VERSION)
+	ln -sf libeevp.so.$(VERSION) $(DESTDIR)$(libdir)/$(SONAME)
+	ln -sf $(SONAME) $(DESTDIR)$(libdir)/libeevp.so
+	install -m 644 $(STATIC) $(DESTDIR)$(libdir)/libeevp.a
+	install -m 644 eevp.pc $(DESTDIR)$(libdir)/pkgconfig/eevp.pc
+	if [ -z "$(DESTDIR)" ] && command -v ldconfig >/dev/null; then ldconfig; fi
+
+uninstall:
+	rm -f $(DESTDIR)$(includedir)/eevp.h \
+	  $(DESTDIR)$(libdir)/libeevp.so.$(VERSION) $(DESTDIR)$(libdir)/$(SONAME) \
+	  $(DESTDIR)$(libdir)/libeevp.so $(DESTDIR)$(libdir)/libeevp.a \
+	  $(DESTDIR)$(libdir)/pkgconfig/eevp.pc
+	if [ -z "$(DESTDIR)" ] && command -v ldconfig >/dev/null; then ldconfig; fi
+
+clean:
+	rm -rf build lib eevp.pc tests/check_eevp $(EXAMPLES)

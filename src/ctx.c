@@ -1,0 +1,389 @@
+/* ctx.c - the context: options, memory plan, criterion registration,
+ * threshold schedule, statistics. */
+#include "ctx.h"
+
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+#define CTX_OPTIONS_V1 sizeof(eevp_ctx_options)
+#define VTBL_V1 sizeof(eevp_criterion_vtbl)
+#define RESULT_V1 sizeof(eevp_result)
+#define STATS_V1 sizeof(eevp_stats)
+
+EEVP_API int eevp_ctx_options_init(eevp_ctx_options *opts)
+{
+    static const eevp_ctx_options defaults = EEVP_CTX_OPTIONS_INIT;
+    if (!opts)
+        return EEVP_EINVAL;
+    *opts = defaults;
+    return EEVP_OK;
+}
+
+int eevpi_ctx_fail(eevp_ctx *ctx, int code, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(ctx->msg, sizeof ctx->msg, fmt, ap);
+    va_end(ap);
+    return code;
+}
+
+int eevpi_ctx_enter(eevp_ctx *ctx)
+{
+    if (!ctx)
+        return EEVP_EINVAL;
+    if (ctx->busy)
+        return EEVP_EBUSY;
+    ctx->msg[0] = '\0';
+    return EEVP_OK;
+}
+
+EEVP_API const char *eevp_ctx_errmsg(const eevp_ctx *ctx)
+{
+    return ctx ? ctx->msg : "no context (NULL)";
+}
+
+/* Read and check options against the head.  Writes the message to msg. */
+static int read_options(eevp_ctx_options *o, const eevp_head *head,
+                        const eevp_ctx_options *opts, char *msg, size_t msg_size)
+{
+    int rc;
+    eevp_ctx_options_init(o);
+    if (!head || !opts) {
+        eevpi_msg(msg, msg_size, "%s is NULL", head ? "opts" : "head");
+        return EEVP_EINVAL;
+    }
+    if ((rc = eevpi_read_struct(o, sizeof *o, opts, CTX_OPTIONS_V1)) != EEVP_OK) {
+        eevpi_msg(msg, msg_size, "eevp_ctx_options.struct_size %u: expected %u, or larger "
+                  "with a zero tail", (unsigned)opts->struct_size, (unsigned)sizeof *o);
+        return rc;
+    }
+#define RANGE(cond, ...)                          \
+    do {                                          \
+        if (!(cond)) {                            \
+            eevpi_msg(msg, msg_size, __VA_ARGS__); \
+            return EEVP_ERANGE;                   \
+        }                                         \
+    } while (0)
+#define ENUM(cond, ...)                           \
+    do {                                          \
+        if (!(cond)) {                            \
+            eevpi_msg(msg, msg_size, __VA_ARGS__); \
+            return EEVP_EINVAL;                   \
+        }                                         \
+    } while (0)
+    RANGE(o->n_layers >= 1 && o->n_layers <= EEVP_MAX_LAYERS, "n_layers %d outside 1..%d",
+          (int)o->n_layers, EEVP_MAX_LAYERS);
+    RANGE(o->max_batch >= 1 && o->max_batch <= EEVP_MAX_BATCH, "max_batch %d outside 1..%d",
+          (int)o->max_batch, EEVP_MAX_BATCH);
+    RANGE(o->k >= 0, "k %d is negative", (int)o->k);
+    RANGE(o->first_layer >= 0 && o->first_layer < o->n_layers,
+          "first_layer %d outside 0..n_layers-1 (%d)", (int)o->first_layer,
+          (int)o->n_layers - 1);
+    RANGE(o->interval >= 1, "interval %d must be >= 1", (int)o->interval);
+    RANGE(o->prune_layer >= -1 && o->prune_layer <= o->first_layer,
+          "prune_layer %d outside -1..first_layer (%d)", (int)o->prune_layer,
+          (int)o->first_layer);
+    ENUM(o->final_policy == EEVP_FINAL_FULL || o->final_policy == EEVP_FINAL_PRUNED,
+         "unknown final_policy %d", (int)o->final_policy);
+    ENUM(o->criterion >= EEVP_CRITERION_TOP2_GAP && o->criterion <= EEVP_CRITERION_JS,
+         "criterion %d is not a built-in criterion (custom ones go through "
+         "eevp_ctx_set_criterion)", (int)o->criterion);
+    RANGE(isfinite(o->threshold), "threshold must be finite");
+    ENUM(o->schedule == EEVP_SCHEDULE_CONSTANT || o->schedule == EEVP_SCHEDULE_CALM,
+         "unknown schedule %d", (int)o->schedule);
+    RANGE(isfinite(o->schedule_tau) && o->schedule_tau >= 0.0f,
+          "schedule_tau must be finite and >= 0");
+    RANGE(o->max_length >= 1 || o->schedule != EEVP_SCHEDULE_CALM,
+          "max_length %d must be >= 1 for the CALM schedule", (int)o->max_length);
+    RANGE(o->patience >= 1 || o->criterion != EEVP_CRITERION_STABILITY,
+          "patience %d must be >= 1", (int)o->patience);
+#undef RANGE
+#undef ENUM
+    if (o->allocator && (!o->allocator->alloc) != (!o->allocator->free)) {
+        eevpi_msg(msg, msg_size, "allocator: alloc and free must be both set or both NULL");
+        return EEVP_EINVAL;
+    }
+    return EEVP_OK;
+}
+
+/* The one memory plan: sizes the arena (c->block NULL) or carves it. */
+static void plan(eevp_ctx *c, eevpi_arena *a)
+{
+    const int64_t B = c->o.max_batch, V = c->head->V, d = c->head->d, K = c->k;
+    c->seq = (eevpi_seq *)eevpi_arena_take(a, B, sizeof(eevpi_seq));
+    c->row_of_seq = (int32_t *)eevpi_arena_take(a, B, sizeof(int32_t));
+    c->list = (int32_t *)eevpi_arena_take(a, B, sizeof(int32_t));
+    c->slot_owner = (int32_t *)eevpi_arena_take(a, B, sizeof(int32_t));
+    c->hrow = (const float **)eevpi_arena_take(a, B, sizeof(const float *));
+    c->logits = (float *)eevpi_arena_take(a, B * V, sizeof(float));
+    c->set = (int32_t *)eevpi_arena_take(a, B * K, sizeof(int32_t));
+    c->rows = (float *)eevpi_arena_take(a, B * K * d, sizeof(float));
+    c->set_bias = (float *)eevpi_arena_take(a, c->head->bias ? B * K : 0, sizeof(float));
+    c->prev_hidden = (float *)eevpi_arena_take(a, B * d, sizeof(float));
+    c->dist_len = c->o.criterion == EEVP_CRITERION_JS ? (K ? K : V) : 0;
+    c->prev_dist = (float *)eevpi_arena_take(a, B * c->dist_len, sizeof(float));
+    c->xn = (float *)eevpi_arena_take(a, B * d, sizeof(float));
+    c->iota = (int32_t *)eevpi_arena_take(a, V, sizeof(int32_t));
+    c->pairs = (eevpi_pair *)eevpi_arena_take(a, V > B ? V : B, sizeof(eevpi_pair));
+    c->hist = (int64_t *)eevpi_arena_take(a, c->o.n_layers, sizeof(int64_t));
+}
+
+/* Fill the configuration part of c from checked options; returns the arena
+ * size (or -1 on overflow). */
+static int64_t configure(eevp_ctx *c, const eevp_head *head, const eevp_ctx_options *o)
+{
+    eevpi_arena a = {NULL, 0, 0};
+    memset(c, 0, sizeof *c);
+    c->head = head;
+    c->o = *o;
+    c->o.allocator = NULL;
+    c->p = o->prune_layer < 0 ? o->first_layer : o->prune_layer;
+    c->k = (o->k > 0 && o->k < head->V) ? o->k : 0;
+    c->criterion = o->criterion;
+    c->needs = o->criterion == EEVP_CRITERION_SATURATION ? EEVP_NEEDS_PREV_HIDDEN
+                                                         : EEVP_NEEDS_LOGITS;
+    plan(c, &a);
+    if (a.overflow || !eevpi_add(a.used, EEVPI_ALIGN, &a.used) ||
+        a.used > (int64_t)(SIZE_MAX / 2))
+        return -1;
+    return a.used;
+}
+
+EEVP_API int eevp_ctx_memory_estimate(int64_t *bytes, const eevp_head *head,
+                                      const eevp_ctx_options *opts)
+{
+    eevp_ctx_options o;
+    eevp_ctx c;
+    int64_t arena;
+    int rc;
+    if (!bytes)
+        return EEVP_EINVAL;
+    *bytes = 0;
+    if ((rc = read_options(&o, head, opts, NULL, 0)) != EEVP_OK)
+        return rc;
+    if ((arena = configure(&c, head, &o)) < 0)
+        return EEVP_EOVERFLOW;
+    *bytes = arena + (int64_t)sizeof(eevp_ctx);
+    return EEVP_OK;
+}
+
+EEVP_API int eevp_ctx_create(eevp_ctx **out, const eevp_head *head,
+                             const eevp_ctx_options *opts, char *msg, size_t msg_size)
+{
+    eevp_ctx_options o;
+    eevpi_mem mem;
+    eevp_ctx *c;
+    eevpi_arena a = {NULL, 0, 0};
+    int64_t arena, i;
+    int rc;
+
+    eevpi_msg(msg, msg_size, "%s", "");
+    if (!out) {
+        eevpi_msg(msg, msg_size, "out is NULL");
+        return EEVP_EINVAL;
+    }
+    *out = NULL;
+    if ((rc = read_options(&o, head, opts, msg, msg_size)) != EEVP_OK)
+        return rc;
+    if ((rc = eevpi_mem_init(&mem, o.allocator, msg, msg_size)) != EEVP_OK)
+        return rc;
+    c = (eevp_ctx *)eevpi_alloc(&mem, sizeof *c);
+    if (!c) {
+        eevpi_msg(msg, msg_size, "out of memory for the context");
+        return EEVP_ENOMEM;
+    }
+    if ((arena = configure(c, head, &o)) < 0) {
+        eevpi_free(&mem, c);
+        eevpi_msg(msg, msg_size, "context size overflows");
+        return EEVP_EOVERFLOW;
+    }
+    c->mem = mem;
+    c->block = eevpi_alloc(&mem, (size_t)arena);
+    if (!c->block) {
+        eevpi_free(&mem, c);
+        eevpi_msg(msg, msg_size, "out of memory for the context buffers (%lld bytes)",
+                  (long long)arena);
+        return EEVP_ENOMEM;
+    }
+    c->bytes = arena + (int64_t)sizeof *c;
+    a.base = (unsigned char *)c->block +
+             (EEVPI_ALIGN - (uintptr_t)c->block % EEVPI_ALIGN) % EEVPI_ALIGN;
+    plan(c, &a);
+    for (i = 0; i < head->V; i++)
+        c->iota[i] = (int32_t)(i + head->offset);
+    memset(c->hist, 0, (size_t)c->o.n_layers * sizeof(int64_t));
+    *out = c;
+    return EEVP_OK;
+}
+
+static void drop_user(eevp_ctx *ctx)
+{
+    if (ctx->criterion == EEVP_CRITERION_CUSTOM && ctx->user.destroy)
+        ctx->user.destroy(ctx->user_state);
+    ctx->user_state = NULL;
+}
+
+EEVP_API void eevp_ctx_free(eevp_ctx *ctx)
+{
+    eevpi_mem mem;
+    if (!ctx)
+        return;
+    drop_user(ctx);
+    mem = ctx->mem;
+    eevpi_free(&mem, ctx->block);
+    eevpi_free(&mem, ctx);
+}
+
+EEVP_API int eevp_ctx_reset(eevp_ctx *ctx)
+{
+    int rc = eevpi_ctx_enter(ctx);
+    if (rc != EEVP_OK)
+        return rc;
+    ctx->active = 0;
+    ctx->n_seq = 0;
+    memset(&ctx->pending, 0, sizeof ctx->pending);
+    return EEVP_OK;
+}
+
+int eevpi_ctx_is_checked(const eevp_ctx *ctx, int32_t layer)
+{
+    if (layer == ctx->o.n_layers - 1)
+        return 1;
+    return layer >= ctx->o.first_layer && (layer - ctx->o.first_layer) % ctx->o.interval == 0;
+}
+
+int eevpi_ctx_required(const eevp_ctx *ctx, int32_t layer)
+{
+    if (eevpi_ctx_is_checked(ctx, layer))
+        return 1;
+    return layer == ctx->p && ctx->k > 0 && (ctx->needs & EEVP_NEEDS_LOGITS);
+}
+
+EEVP_API int eevp_ctx_layer_required(const eevp_ctx *ctx, int32_t layer)
+{
+    if (!ctx)
+        return EEVP_EINVAL;
+    if (ctx->busy)
+        return EEVP_EBUSY;
+    if (layer < 0 || layer >= ctx->o.n_layers)
+        return EEVP_ERANGE;
+    return eevpi_ctx_required(ctx, layer);
+}
+
+EEVP_API int64_t eevp_ctx_memory(const eevp_ctx *ctx)
+{
+    return ctx ? ctx->bytes : EEVP_EINVAL;
+}
+
+float eevpi_ctx_lambda(const eevp_ctx *ctx, int32_t t)
+{
+    const double lambda = ctx->o.threshold;
+    if (ctx->o.schedule == EEVP_SCHEDULE_CALM)
+        return (float)(lambda * (9.0 + exp(-(double)ctx->o.schedule_tau * t /
+                                            ctx->o.max_length)) / 10.0);
+    return (float)lambda;
+}
+
+EEVP_API int eevp_ctx_threshold(const eevp_ctx *ctx, int32_t t, float *lambda)
+{
+    if (!ctx || !lambda)
+        return EEVP_EINVAL;
+    if (ctx->busy)
+        return EEVP_EBUSY;
+    if (t < 0)
+        return EEVP_ERANGE;
+    *lambda = eevpi_ctx_lambda(ctx, t);
+    return EEVP_OK;
+}
+
+EEVP_API int eevp_ctx_set_criterion(eevp_ctx *ctx, const eevp_criterion_vtbl *vtbl, void *state)
+{
+    eevp_criterion_vtbl v;
+    int rc = eevpi_ctx_enter(ctx);
+    if (rc != EEVP_OK)
+        return rc;
+    if (!vtbl)
+        return eevpi_ctx_fail(ctx, EEVP_EINVAL, "vtbl is NULL");
+    if (ctx->active)
+        return eevpi_ctx_fail(ctx, EEVP_ESTATE, "cannot change the criterion during a step");
+    memset(&v, 0, sizeof v);
+    if ((rc = eevpi_read_struct(&v, sizeof v, vtbl, VTBL_V1)) != EEVP_OK)
+        return eevpi_ctx_fail(ctx, rc, "eevp_criterion_vtbl.struct_size %u: expected %u, or "
+                              "larger with a zero tail", (unsigned)vtbl->struct_size,
+                              (unsigned)sizeof v);
+    if (!v.decide)
+        return eevpi_ctx_fail(ctx, EEVP_EINVAL, "vtbl->decide is required");
+    if (v.needs & ~(EEVP_NEEDS_LOGITS | EEVP_NEEDS_PREV_HIDDEN))
+        return eevpi_ctx_fail(ctx, EEVP_EINVAL, "unknown needs flags 0x%x", (unsigned)v.needs);
+    drop_user(ctx);
+    ctx->user = v;
+    ctx->user_state = state;
+    ctx->criterion = EEVP_CRITERION_CUSTOM;
+    ctx->needs = (int32_t)v.needs;
+    return EEVP_OK;
+}
+
+EEVP_API int eevp_ctx_stats(const eevp_ctx *ctx, eevp_stats *out)
+{
+    eevp_stats s;
+    const eevpi_counts *c;
+    if (!ctx || !out)
+        return EEVP_EINVAL;
+    if (ctx->busy)
+        return EEVP_EBUSY;
+    c = &ctx->stats;
+    memset(&s, 0, sizeof s);
+    s.struct_size = sizeof s;
+    s.n_layers = ctx->o.n_layers;
+    s.tokens = c->tokens;
+    s.exited_early = c->exited_early;
+    s.reached_last = c->reached_last;
+    s.failed = c->failed;
+    s.checks = c->checks;
+    s.pruned_decisions = c->pruned_decisions;
+    s.k_coverage_hits = c->cov_hits;
+    s.k_coverage_total = c->cov_total;
+    s.k_coverage_final = c->cov_total ? (double)c->cov_hits / (double)c->cov_total : 0.0;
+    s.head_flops = c->flops;
+    s.head_flops_baseline = c->flops_base;
+    s.head_bytes = c->bytes;
+    s.head_bytes_baseline = c->bytes_base;
+    return eevpi_write_struct(out, &s, sizeof s, STATS_V1);
+}
+
+EEVP_API int eevp_ctx_exit_histogram(const eevp_ctx *ctx, int64_t *counts, int32_t n)
+{
+    if (!ctx || !counts)
+        return EEVP_EINVAL;
+    if (ctx->busy)
+        return EEVP_EBUSY;
+    if (n < 0)
+        return EEVP_ERANGE;
+    memcpy(counts, ctx->hist, (size_t)(n < ctx->o.n_layers ? n : ctx->o.n_layers) *
+                                  sizeof(int64_t));
+    return EEVP_OK;
+}
+
+EEVP_API int eevp_ctx_stats_reset(eevp_ctx *ctx)
+{
+    int rc = eevpi_ctx_enter(ctx);
+    if (rc != EEVP_OK)
+        return rc;
+    memset(&ctx->stats, 0, sizeof ctx->stats);
+    memset(ctx->hist, 0, (size_t)ctx->o.n_layers * sizeof(int64_t));
+    return EEVP_OK;
+}
+
+EEVP_API int eevp_step_result(const eevp_ctx *ctx, int32_t seq, eevp_result *out)
+{
+    if (!ctx || !out)
+        return EEVP_EINVAL;
+    if (ctx->busy)
+        return EEVP_EBUSY;
+    if (seq < 0 || seq >= ctx->n_seq)
+        return EEVP_ERANGE;
+    return eevpi_write_struct(out, &ctx->seq[seq].res, sizeof(eevp_result), RESULT_V1);
+}

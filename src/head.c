@@ -1,0 +1,385 @@
+/* head.c - the LM head: weights view, final norm, logit transform, full and
+ * pruned projections (OpenBLAS), row gather. */
+#include "internal.h"
+
+#include <cblas.h>
+#include <math.h>
+#include <string.h>
+
+/* The first published eevp_head_options ends after `allocator`. */
+#define HEAD_OPTIONS_V1 sizeof(eevp_head_options)
+
+EEVP_API int eevp_head_options_init(eevp_head_options *opts)
+{
+    static const eevp_head_options defaults = EEVP_HEAD_OPTIONS_INIT;
+    if (!opts)
+        return EEVP_EINVAL;
+    *opts = defaults;
+    return EEVP_OK;
+}
+
+static int check_options(const eevp_head_options *o, char *msg, size_t msg_size)
+{
+    int64_t stride = o->row_stride ? o->row_stride : o->dim, span;
+    if (!o->weights) {
+        eevpi_msg(msg, msg_size, "weights is NULL");
+        return EEVP_EINVAL;
+    }
+    if (o->n_vocab < 1 || o->n_vocab > EEVP_MAX_VOCAB) {
+        eevpi_msg(msg, msg_size, "n_vocab %lld outside 1..%lld", (long long)o->n_vocab,
+                  (long long)EEVP_MAX_VOCAB);
+        return EEVP_ERANGE;
+    }
+    if (o->dim < 1 || o->dim > EEVP_MAX_DIM) {
+        eevpi_msg(msg, msg_size, "dim %lld outside 1..%lld", (long long)o->dim,
+                  (long long)EEVP_MAX_DIM);
+        return EEVP_ERANGE;
+    }
+    /* BLAS takes the leading dimension as a 32-bit int. */
+    if (stride < o->dim || stride > INT32_MAX) {
+        eevpi_msg(msg, msg_size, "row_stride %lld outside dim (%lld)..%d",
+                  (long long)o->row_stride, (long long)o->dim, INT32_MAX);
+        return EEVP_ERANGE;
+    }
+    if (o->vocab_offset < 0 || o->vocab_offset > (int64_t)INT32_MAX - o->n_vocab + 1) {
+        eevpi_msg(msg, msg_size, "vocab_offset %lld: global ids must stay within 0..%d",
+                  (long long)o->vocab_offset, INT32_MAX);
+        return EEVP_ERANGE;
+    }
+    if (o->norm < EEVP_NORM_NONE || o->norm > EEVP_NORM_LAYER) {
+        eevpi_msg(msg, msg_size, "unknown norm %d", (int)o->norm);
+        return EEVP_EINVAL;
+    }
+    if (!(o->norm_eps >= 0.0f) || isinf(o->norm_eps)) {
+        eevpi_msg(msg, msg_size, "norm_eps must be finite and >= 0");
+        return EEVP_ERANGE;
+    }
+    if (o->norm_bias && o->norm != EEVP_NORM_LAYER) {
+        eevpi_msg(msg, msg_size, "norm_bias is only for EEVP_NORM_LAYER");
+        return EEVP_EINVAL;
+    }
+    if (!(o->logit_scale >= 0.0f) || isinf(o->logit_scale)) {
+        eevpi_msg(msg, msg_size, "logit_scale must be finite and > 0 (0 means 1)");
+        return EEVP_ERANGE;
+    }
+    if (!(o->softcap >= 0.0f) || isinf(o->softcap)) {
+        eevpi_msg(msg, msg_size, "softcap must be finite and >= 0 (0 means none)");
+        return EEVP_ERANGE;
+    }
+    if (o->flags & ~(EEVP_HEAD_COPY | EEVP_HEAD_NO_SIMD)) {
+        eevpi_msg(msg, msg_size, "unknown flags 0x%x", (unsigned)o->flags);
+        return EEVP_EINVAL;
+    }
+    /* The last row ends at (V-1)*stride + d: it must be addressable. */
+    if (!eevpi_mul(o->n_vocab - 1, stride, &span) || !eevpi_add(span, o->dim, &span) ||
+        !eevpi_mul(span, (int64_t)sizeof(float), &span) || span > (int64_t)(SIZE_MAX / 2)) {
+        eevpi_msg(msg, msg_size, "n_vocab x row_stride overflows");
+        return EEVP_EOVERFLOW;
+    }
+    return EEVP_OK;
+}
+
+EEVP_API int eevp_head_create(eevp_head **out, const eevp_head_options *opts, char *msg,
+                              size_t msg_size)
+{
+    eevp_head_options o;
+    eevpi_mem mem;
+    eevp_head *h;
+    int rc;
+
+    eevpi_msg(msg, msg_size, "%s", "");
+    if (!out) {
+        eevpi_msg(msg, msg_size, "out is NULL");
+        return EEVP_EINVAL;
+    }
+    *out = NULL;
+    if (!opts) {
+        eevpi_msg(msg, msg_size, "opts is NULL");
+        return EEVP_EINVAL;
+    }
+    eevp_head_options_init(&o);
+    if ((rc = eevpi_read_struct(&o, sizeof o, opts, HEAD_OPTIONS_V1)) != EEVP_OK) {
+        eevpi_msg(msg, msg_size, "eevp_head_options.struct_size %u: expected %u, or larger "
+                  "with a zero tail", (unsigned)opts->struct_size, (unsigned)sizeof o);
+        return rc;
+    }
+    if ((rc = check_options(&o, msg, msg_size)) != EEVP_OK)
+        return rc;
+    if ((rc = eevpi_mem_init(&mem, o.allocator, msg, msg_size)) != EEVP_OK)
+        return rc;
+
+    h = (eevp_head *)eevpi_alloc(&mem, sizeof *h);
+    if (!h) {
+        eevpi_msg(msg, msg_size, "out of memory for the head");
+        return EEVP_ENOMEM;
+    }
+    memset(h, 0, sizeof *h);
+    h->mem = mem;
+    h->bytes = (int64_t)sizeof *h;
+    h->kern = eevpi_kernels_select((o.flags & EEVP_HEAD_NO_SIMD) != 0);
+    h->V = o.n_vocab;
+    h->d = o.dim;
+    h->stride = o.row_stride ? o.row_stride : o.dim;
+    h->offset = o.vocab_offset;
+    h->W = o.weights;
+    h->norm = o.norm;
+    h->eps = o.norm_eps;
+    h->nw = o.norm_weight;
+    h->nb = o.norm_bias;
+    h->bias = o.logit_bias;
+    h->scale = o.logit_scale == 0.0f ? 1.0f : o.logit_scale;
+    h->cap = o.softcap;
+
+    if (o.flags & EEVP_HEAD_COPY) {
+        /* Plan the block, then carve it: the copies are packed (stride d). */
+        eevpi_arena a = {NULL, 0, 0};
+        float *W, *nw, *nb, *bias;
+        void *block;
+        int64_t v;
+        eevpi_arena_take(&a, h->V * h->d, sizeof(float));
+        eevpi_arena_take(&a, h->nw ? h->d : 0, sizeof(float));
+        eevpi_arena_take(&a, h->nb ? h->d : 0, sizeof(float));
+        eevpi_arena_take(&a, h->bias ? h->V : 0, sizeof(float));
+        if (a.overflow || a.used + EEVPI_ALIGN > (int64_t)(SIZE_MAX / 2)) {
+            eevpi_free(&mem, h);
+            eevpi_msg(msg, msg_size, "copy of the head overflows");
+            return EEVP_EOVERFLOW;
+        }
+        block = eevpi_alloc(&mem, (size_t)(a.used + EEVPI_ALIGN));
+        if (!block) {
+            eevpi_free(&mem, h);
+            eevpi_msg(msg, msg_size, "out of memory copying the head (%lld bytes)",
+                      (long long)a.used);
+            return EEVP_ENOMEM;
+        }
+        h->copy = block;
+        h->bytes += a.used + EEVPI_ALIGN;
+        a.base = (unsigned char *)block + (EEVPI_ALIGN - (uintptr_t)block % EEVPI_ALIGN) % EEVPI_ALIGN;
+        a.used = 0;
+        W = (float *)eevpi_arena_take(&a, h->V * h->d, sizeof(float));
+        nw = (float *)eevpi_arena_take(&a, h->nw ? h->d : 0, sizeof(float));
+        nb = (float *)eevpi_arena_take(&a, h->nb ? h->d : 0, sizeof(float));
+        bias = (float *)eevpi_arena_take(&a, h->bias ? h->V : 0, sizeof(float));
+        for (v = 0; v < h->V; v++)
+            memcpy(W + v * h->d, h->W + v * h->stride, (size_t)h->d * sizeof(float));
+        if (nw)
+            memcpy(nw, h->nw, (size_t)h->d * sizeof(float));
+        if (nb)
+            memcpy(nb, h->nb, (size_t)h->d * sizeof(float));
+        if (bias)
+            memcpy(bias, h->bias, (size_t)h->V * sizeof(float));
+        h->W = W;
+        h->stride = h->d;
+        h->nw = nw;
+        h->nb = nb;
+        h->bias = bias;
+    }
+    *out = h;
+    return EEVP_OK;
+}
+
+EEVP_API void eevp_head_free(eevp_head *h)
+{
+    if (!h)
+        return;
+    eevpi_free(&h->mem, h->copy);
+    eevpi_free(&h->mem, h);
+}
+
+EEVP_API int64_t eevp_head_n_vocab(const eevp_head *h)
+{
+    return h ? h->V : EEVP_EINVAL;
+}
+
+EEVP_API int64_t eevp_head_dim(const eevp_head *h)
+{
+    return h ? h->d : EEVP_EINVAL;
+}
+
+EEVP_API int64_t eevp_head_vocab_offset(const eevp_head *h)
+{
+    return h ? h->offset : EEVP_EINVAL;
+}
+
+EEVP_API int64_t eevp_head_memory(const eevp_head *h)
+{
+    return h ? h->bytes : EEVP_EINVAL;
+}
+
+int eevpi_head_norm(const eevp_head *h, const float *x, float *out)
+{
+    const int64_t d = h->d;
+    double sum, sumsq, mean = 0.0, inv;
+    int64_t c;
+    h->kern->sums(x, d, &sum, &sumsq);
+    /* Float squares cannot overflow a double sum: a non-finite sum means a
+     * non-finite element. */
+    if (!isfinite(sumsq) || !isfinite(sum))
+        return EEVP_ENONFINITE;
+    switch (h->norm) {
+    case EEVP_NORM_RMS:
+        inv = 1.0 / sqrt(sumsq / (double)d + h->eps);
+        break;
+    case EEVP_NORM_LAYER: {
+        double var;
+        mean = sum / (double)d;
+        var = sumsq / (double)d - mean * mean;
+        if (var < 0.0)
+            var = 0.0;
+        inv = 1.0 / sqrt(var + h->eps);
+        break;
+    }
+    default:
+        memcpy(out, x, (size_t)d * sizeof(float));
+        return EEVP_OK;
+    }
+    /* A zero row with eps = 0 has no scale: it normalises to zero. */
+    if (!isfinite(inv))
+        inv = 0.0;
+    for (c = 0; c < d; c++) {
+        double y = ((double)x[c] - mean) * inv;
+        if (h->nw)
+            y *= h->nw[c];
+        if (h->nb)
+            y += h->nb[c];
+        out[c] = (float)y;
+    }
+    return EEVP_OK;
+}
+
+/* z = cap * tanh((scale * dot + bias) / cap), in place. */
+static void transform(const eevp_head *h, float *z, int64_t n, const float *bias)
+{
+    int64_t j;
+    if (h->scale != 1.0f)
+        for (j = 0; j < n; j++)
+            z[j] *= h->scale;
+    if (bias)
+        for (j = 0; j < n; j++)
+            z[j] += bias[j];
+    if (h->cap > 0.0f) {
+        const float cap = h->cap;
+        for (j = 0; j < n; j++)
+            z[j] = cap * tanhf(z[j] / cap);
+    }
+}
+
+void eevpi_head_project(const eevp_head *h, int32_t n, const float *xn, float *z, int64_t ldz)
+{
+    int32_t r;
+    if (n == 1)
+        cblas_sgemv(CblasRowMajor, CblasNoTrans, (int)h->V, (int)h->d, 1.0f, h->W,
+                    (int)h->stride, xn, 1, 0.0f, z, 1);
+    else
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, (int)h->V, (int)h->d, 1.0f,
+                    xn, (int)h->d, h->W, (int)h->stride, 0.0f, z, (int)ldz);
+    for (r = 0; r < n; r++)
+        transform(h, z + r * ldz, h->V, h->bias);
+}
+
+void eevpi_head_project_rows(const eevp_head *h, int32_t k, const float *rows, int64_t ld_rows,
+                             const float *bias, const float *xn, float *z)
+{
+    cblas_sgemv(CblasRowMajor, CblasNoTrans, k, (int)h->d, 1.0f, rows, (int)ld_rows, xn, 1,
+                0.0f, z, 1);
+    transform(h, z, k, bias);
+}
+
+void eevpi_head_gather(const eevp_head *h, const int32_t *ids, int32_t k, float *out,
+                       int64_t ld_out, float *bias_out)
+{
+    int32_t j;
+    for (j = 0; j < k; j++) {
+        int64_t v = ids[j] - h->offset;
+        memcpy(out + j * ld_out, h->W + v * h->stride, (size_t)h->d * sizeof(float));
+        if (bias_out)
+            bias_out[j] = h->bias ? h->bias[v] : 0.0f;
+    }
+}
+
+/* ---- public kernels ---- */
+
+EEVP_API int64_t eevp_head_workspace_size(const eevp_head *h, int32_t n)
+{
+    if (!h)
+        return EEVP_EINVAL;
+    if (n < 1 || n > EEVP_MAX_BATCH)
+        return EEVP_ERANGE;
+    return (int64_t)n * h->d * (int64_t)sizeof(float);
+}
+
+static int check_rows(const eevp_head *h, int32_t n, const float *hidden, int64_t ld_hidden,
+                      const float *logits, int64_t ld_logits, int64_t width, const void *work)
+{
+    if (!h || !hidden || !logits || !work)
+        return EEVP_EINVAL;
+    if (n < 1 || n > EEVP_MAX_BATCH || ld_hidden < h->d || ld_logits < width ||
+        ld_logits > INT32_MAX)
+        return EEVP_ERANGE;
+    return EEVP_OK;
+}
+
+static int normalise_rows(const eevp_head *h, int32_t n, const float *hidden, int64_t ld,
+                          float *xn)
+{
+    int32_t r;
+    for (r = 0; r < n; r++)
+        if (eevpi_head_norm(h, hidden + r * ld, xn + r * h->d) != EEVP_OK)
+            return EEVP_ENONFINITE;
+    return EEVP_OK;
+}
+
+EEVP_API int eevp_head_logits(const eevp_head *h, int32_t n, const float *hidden,
+                              int64_t ld_hidden, float *logits, int64_t ld_logits, void *work)
+{
+    int rc = check_rows(h, n, hidden, ld_hidden, logits, ld_logits, h ? h->V : 0, work);
+    if (rc != EEVP_OK)
+        return rc;
+    if ((rc = normalise_rows(h, n, hidden, ld_hidden, (float *)work)) != EEVP_OK)
+        return rc;
+    eevpi_head_project(h, n, (const float *)work, logits, ld_logits);
+    return EEVP_OK;
+}
+
+static int check_ids(const eevp_head *h, const int32_t *ids, int32_t k)
+{
+    int32_t j;
+    for (j = 0; j < k; j++)
+        if (ids[j] < h->offset || ids[j] - h->offset >= h->V)
+            return EEVP_ERANGE;
+    return EEVP_OK;
+}
+
+EEVP_API int eevp_head_gather(const eevp_head *h, const int32_t *ids, int32_t k, float *out,
+                              int64_t ld_out, float *bias_out)
+{
+    if (!h || !ids || !out)
+        return EEVP_EINVAL;
+    if (k < 1 || k > h->V || ld_out < h->d)
+        return EEVP_ERANGE;
+    if (check_ids(h, ids, k) != EEVP_OK)
+        return EEVP_ERANGE;
+    eevpi_head_gather(h, ids, k, out, ld_out, bias_out);
+    return EEVP_OK;
+}
+
+EEVP_API int eevp_head_pruned_logits(const eevp_head *h, int32_t k, const float *rows,
+                                     int64_t ld_rows, const float *bias, int32_t n,
+                                     const float *hidden, int64_t ld_hidden, float *logits,
+                                     int64_t ld_logits, void *work)
+{
+    int32_t r;
+    int rc = check_rows(h, n, hidden, ld_hidden, logits, ld_logits, k, work);
+    if (rc != EEVP_OK)
+        return rc;
+    if (!rows)
+        return EEVP_EINVAL;
+    if (k < 1 || k > h->V || ld_rows < h->d || ld_rows > INT32_MAX)
+        return EEVP_ERANGE;
+    if ((rc = normalise_rows(h, n, hidden, ld_hidden, (float *)work)) != EEVP_OK)
+        return rc;
+    for (r = 0; r < n; r++)
+        eevpi_head_project_rows(h, k, rows, ld_rows, bias, (const float *)work + r * h->d,
+                                logits + r * ld_logits);
+    return EEVP_OK;
+}

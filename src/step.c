@@ -1,0 +1,695 @@
+/* step.c - the per-token flow: begin, hand over layers, decide per
+ * sequence, end.  Pruning happens once per token at the pruning layer; later
+ * checks run on the gathered rows only. */
+#include "ctx.h"
+
+#include <math.h>
+#include <string.h>
+
+static int running(const eevpi_seq *q)
+{
+    return q->res.reason == EEVP_REASON_RUNNING;
+}
+
+EEVP_API int eevp_step_begin(eevp_ctx *ctx, int32_t n_seq, const int32_t *positions)
+{
+    int32_t s;
+    int rc = eevpi_ctx_enter(ctx);
+    if (rc != EEVP_OK)
+        return rc;
+    if (ctx->active)
+        return eevpi_ctx_fail(ctx, EEVP_ESTATE, "a step is in progress: finish it with "
+                              "eevp_step_end or eevp_step_abandon");
+    if (n_seq < 1 || n_seq > ctx->o.max_batch)
+        return eevpi_ctx_fail(ctx, EEVP_ERANGE, "n_seq %d outside 1..max_batch (%d)",
+                              (int)n_seq, (int)ctx->o.max_batch);
+    for (s = 0; positions && s < n_seq; s++)
+        if (positions[s] < 0)
+            return eevpi_ctx_fail(ctx, EEVP_ERANGE, "positions[%d] = %d is negative", (int)s,
+                                  (int)positions[s]);
+    ctx->active = 1;
+    ctx->n_seq = n_seq;
+    ctx->last_layer = -1;
+    memset(&ctx->pending, 0, sizeof ctx->pending);
+    for (s = 0; s < ctx->o.max_batch; s++)
+        ctx->slot_owner[s] = -1;
+    for (s = 0; s < n_seq; s++) {
+        eevpi_seq *q = &ctx->seq[s];
+        memset(q, 0, sizeof *q);
+        q->res.struct_size = sizeof q->res;
+        q->res.reason = EEVP_REASON_RUNNING;
+        q->res.status = EEVP_OK;
+        q->res.token = -1;
+        q->res.layer = -1;
+        q->res.confidence = NAN;
+        q->position = positions ? positions[s] : 0;
+        q->res.threshold = eevpi_ctx_lambda(ctx, q->position);
+        q->slot = -1;
+        q->last_top1 = -1;
+    }
+    if (ctx->criterion == EEVP_CRITERION_CUSTOM && ctx->user.reset) {
+        ctx->busy = 1;
+        for (s = 0; s < n_seq; s++)
+            ctx->user.reset(ctx->user_state, s);
+        ctx->busy = 0;
+    }
+    return EEVP_OK;
+}
+
+EEVP_API int32_t eevp_step_n_running(const eevp_ctx *ctx)
+{
+    int32_t s, n = 0;
+    if (!ctx)
+        return EEVP_EINVAL;
+    if (ctx->busy)
+        return EEVP_EBUSY;
+    if (!ctx->active)
+        return 0;
+    for (s = 0; s < ctx->n_seq; s++)
+        n += running(&ctx->seq[s]);
+    return n;
+}
+
+EEVP_API int eevp_step_end(eevp_ctx *ctx)
+{
+    eevpi_counts *st, *pd;
+    int32_t s;
+    int rc = eevpi_ctx_enter(ctx);
+    if (rc != EEVP_OK)
+        return rc;
+    if (!ctx->active)
+        return eevpi_ctx_fail(ctx, EEVP_ESTATE, "no step in progress");
+    if (eevp_step_n_running(ctx) > 0)
+        return eevpi_ctx_fail(ctx, EEVP_ESTATE, "%d sequence(s) still running: hand over "
+                              "more layers, or call eevp_step_abandon",
+                              (int)eevp_step_n_running(ctx));
+    st = &ctx->stats;
+    pd = &ctx->pending;
+    for (s = 0; s < ctx->n_seq; s++) {
+        const eevp_result *r = &ctx->seq[s].res;
+        st->tokens++;
+        st->exited_early += r->reason == EEVP_REASON_CONFIDENT;
+        st->reached_last += r->reason == EEVP_REASON_LAST_LAYER;
+        st->failed += r->reason == EEVP_REASON_ERROR;
+        st->pruned_decisions += r->reason != EEVP_REASON_ERROR && r->pruned;
+        if (r->reason != EEVP_REASON_ERROR)
+            ctx->hist[r->layer]++;
+    }
+    st->checks += pd->checks;
+    st->cov_hits += pd->cov_hits;
+    st->cov_total += pd->cov_total;
+    st->flops += pd->flops;
+    st->flops_base += pd->flops_base;
+    st->bytes += pd->bytes;
+    st->bytes_base += pd->bytes_base;
+    memset(pd, 0, sizeof *pd);
+    ctx->active = 0;
+    return EEVP_OK;
+}
+
+EEVP_API int eevp_step_abandon(eevp_ctx *ctx)
+{
+    int rc = eevpi_ctx_enter(ctx);
+    if (rc != EEVP_OK)
+        return rc;
+    ctx->active = 0;
+    ctx->n_seq = 0;
+    memset(&ctx->pending, 0, sizeof ctx->pending);
+    return EEVP_OK;
+}
+
+/* ---- one layer ---- */
+
+/* Sequence s finishes with its own error; the others go on. */
+static void fail_seq(eevp_ctx *ctx, int32_t s, int32_t layer, int code, int *first)
+{
+    eevpi_seq *q = &ctx->seq[s];
+    q->res.reason = EEVP_REASON_ERROR;
+    q->res.status = code;
+    q->res.token = -1;
+    q->res.layer = layer;
+    q->res.pruned = 0;
+    q->res.confidence = NAN;
+    if (*first == EEVP_OK) {
+        *first = code;
+        eevpi_ctx_fail(ctx, code, "sequence %d at layer %d: %s", (int)s, (int)layer,
+                       eevp_strerror(code));
+    }
+}
+
+static void resolve(eevp_ctx *ctx, int32_t s, int32_t reason, int32_t token, int32_t layer,
+                    int32_t pruned, double conf, int32_t cand_full, int32_t cand_n)
+{
+    eevpi_seq *q = &ctx->seq[s];
+    q->res.reason = reason;
+    q->res.token = token;
+    q->res.layer = layer;
+    q->res.pruned = pruned;
+    q->res.confidence = (float)conf;
+    q->cand_full = cand_full;
+    q->cand_n = cand_n;
+}
+
+static void count_projection(eevp_ctx *ctx, int64_t rows)
+{
+    const int64_t d = ctx->head->d;
+    ctx->pending.flops += (2 * d - 1) * rows;
+    ctx->pending.bytes += 4 * rows * d;
+}
+
+static void count_check(eevp_ctx *ctx)
+{
+    const int64_t d = ctx->head->d, V = ctx->head->V;
+    ctx->pending.checks++;
+    ctx->pending.flops_base += (2 * d - 1) * V;
+    ctx->pending.bytes_base += 4 * V * d;
+}
+
+static float *slot_logits(const eevp_ctx *ctx, int32_t slot)
+{
+    return ctx->logits + (int64_t)slot * ctx->head->V;
+}
+
+static int slot_valid(const eevp_ctx *ctx, int32_t s)
+{
+    const int32_t slot = ctx->seq[s].slot;
+    return slot >= 0 && ctx->slot_owner[slot] == s;
+}
+
+/* A slot holding nothing anybody needs: unowned, or owned by a running
+ * sequence that is not among the first `keep` list entries being served. */
+static int32_t free_slot(const eevp_ctx *ctx, int32_t from)
+{
+    int32_t f;
+    for (f = from; f < ctx->o.max_batch; f++) {
+        const int32_t o = ctx->slot_owner[f];
+        if (o < 0 || o >= ctx->n_seq || running(&ctx->seq[o]))
+            return f;
+    }
+    return -1; /* unreachable: max_batch slots for at most n_seq owners */
+}
+
+static void ensure_slot(eevp_ctx *ctx, int32_t s)
+{
+    int32_t f;
+    if (slot_valid(ctx, s))
+        return;
+    for (f = 0; f < ctx->o.max_batch && ctx->slot_owner[f] >= 0; f++)
+        ;
+    ctx->slot_owner[f] = s;
+    ctx->seq[s].slot = f;
+}
+
+/* Full logits for the m sequences list[0..m-1] whose normalised rows are
+ * xn rows xrow[0..m-1] (ascending): one BLAS call over slots 0..m-1. */
+static void project_full(eevp_ctx *ctx, const int32_t *list, const int32_t *xrow, int32_t m)
+{
+    const int64_t d = ctx->head->d, V = ctx->head->V;
+    int32_t i;
+    /* Pack the rows in place: xrow[i] >= i, so each row moves down onto a
+     * row already consumed. */
+    for (i = 0; i < m; i++)
+        if (xrow[i] != i)
+            memmove(ctx->xn + i * d, ctx->xn + (int64_t)xrow[i] * d, (size_t)d * sizeof(float));
+    /* Slots 0..m-1 are needed: move resolved sequences' candidates out. */
+    for (i = 0; i < m; i++) {
+        const int32_t o = ctx->slot_owner[i];
+        if (o >= 0 && o < ctx->n_seq && !running(&ctx->seq[o]) && ctx->seq[o].slot == i) {
+            const int32_t f = free_slot(ctx, m);
+            memcpy(slot_logits(ctx, f), slot_logits(ctx, i),
+                   (size_t)ctx->seq[o].cand_n * sizeof(float));
+            ctx->slot_owner[f] = o;
+            ctx->seq[o].slot = f;
+        }
+    }
+    for (i = 0; i < m; i++) {
+        eevpi_seq *q = &ctx->seq[list[i]];
+        if (q->slot >= 0 && q->slot != i && ctx->slot_owner[q->slot] == list[i])
+            ctx->slot_owner[q->slot] = -1;
+        q->slot = i;
+        ctx->slot_owner[i] = list[i];
+    }
+    eevpi_head_project(ctx->head, m, ctx->xn, ctx->logits, V);
+    count_projection(ctx, (int64_t)m * V);
+}
+
+/* Outcome of one check. */
+typedef struct check {
+    double conf;
+    int32_t exit;    /* 0 or 1 */
+    int32_t token;   /* global id of the top-1 candidate */
+} check;
+
+/* Restrict full-vocabulary logits to the sequence's pruned set. */
+static const float *restrict_to_set(eevp_ctx *ctx, int32_t s, const float *z)
+{
+    float *out = (float *)ctx->pairs;
+    const int32_t *set = ctx->set + (int64_t)s * ctx->k;
+    int32_t j;
+    for (j = 0; j < ctx->k; j++)
+        out[j] = z[set[j] - ctx->head->offset];
+    return out;
+}
+
+static int call_user(eevp_ctx *ctx, const eevp_exit_view *v, check *c)
+{
+    float conf = NAN;
+    int32_t ex = -1;
+    int r;
+    ctx->busy = 1;
+    r = ctx->user.decide(ctx->user_state, v, &conf, &ex);
+    ctx->busy = 0;
+    if (r != 0)
+        return EEVP_EUSER;
+    if (!isfinite(conf) || ex < -1 || ex > 1)
+        return EEVP_ECALLBACK;
+    c->conf = conf;
+    c->exit = ex < 0 ? conf > v->threshold : ex;
+    return EEVP_OK;
+}
+
+static void fill_view(const eevp_ctx *ctx, int32_t s, int32_t layer, const float *h,
+                      eevp_exit_view *v)
+{
+    const eevpi_seq *q = &ctx->seq[s];
+    memset(v, 0, sizeof *v);
+    v->struct_size = sizeof *v;
+    v->seq = s;
+    v->layer = layer;
+    v->n_layers = ctx->o.n_layers;
+    v->position = q->position;
+    v->dim = (int32_t)ctx->head->d;
+    v->hidden = h;
+    v->prev_hidden = (ctx->needs & EEVP_NEEDS_PREV_HIDDEN) && q->has_prev_h
+                         ? ctx->prev_hidden + (int64_t)s * ctx->head->d
+                         : NULL;
+    v->top1_id = v->top2_id = -1;
+    v->threshold = q->res.threshold;
+}
+
+/* The criterion on candidate logits z[0..n-1] (ids NULL: the whole
+ * vocabulary in row order).  `full_with_set`: z is the full vocabulary of a
+ * sequence that holds a pruned set (JS compares over the set). */
+static int check_logits(eevp_ctx *ctx, int32_t s, int32_t layer, const float *h,
+                        const float *z, const int32_t *ids, int32_t n, int pruned,
+                        int full_with_set, check *c)
+{
+    eevpi_seq *q = &ctx->seq[s];
+    const int32_t id0 = (int32_t)ctx->head->offset;
+    const int need_sum = ctx->criterion != EEVP_CRITERION_STABILITY;
+    eevpi_dist dist;
+    int rc = eevpi_dist_scan(z, ids, id0, n, need_sum, &dist);
+    if (rc != EEVP_OK)
+        return rc;
+    count_check(ctx);
+    c->token = ids ? ids[dist.top1] : id0 + dist.top1;
+    switch (ctx->criterion) {
+    case EEVP_CRITERION_TOP2_GAP:
+        c->conf = eevpi_conf_top2(&dist);
+        break;
+    case EEVP_CRITERION_MAX_PROB:
+        c->conf = eevpi_conf_maxprob(&dist);
+        break;
+    case EEVP_CRITERION_ENTROPY:
+        c->conf = eevpi_conf_entropy(z, &dist);
+        break;
+    case EEVP_CRITERION_STABILITY:
+        q->run = q->last_top1 == c->token ? q->run + 1 : 1;
+        q->last_top1 = c->token;
+        c->conf = q->run >= ctx->o.patience ? 1.0 : 0.0;
+        break;
+    case EEVP_CRITERION_JS: {
+        float *prev = ctx->prev_dist + (int64_t)s * ctx->dist_len;
+        if (ctx->k > 0 && !pruned && !full_with_set) {
+            /* At the pruning layer: first check, the set does not exist yet;
+             * prune() stores P_p over the set afterwards. */
+            c->conf = 0.0;
+            break;
+        }
+        if (full_with_set) {
+            z = restrict_to_set(ctx, s, z);
+            n = ctx->k;
+            eevpi_dist_scan(z, ctx->set + (int64_t)s * ctx->k, 0, n, 1, &dist);
+        }
+        c->conf = q->has_prev_p ? eevpi_conf_js(prev, z, &dist) : 0.0;
+        eevpi_softmax(z, &dist, prev);
+        q->has_prev_p = 1;
+        break;
+    }
+    default: { /* EEVP_CRITERION_CUSTOM */
+        eevp_exit_view v;
+        fill_view(ctx, s, layer, h, &v);
+        v.n = n;
+        v.pruned = pruned;
+        v.logits = z;
+        v.ids = ids ? ids : ctx->iota;
+        v.top1_id = c->token;
+        v.top1_logit = dist.z1;
+        if (dist.top2 >= 0) {
+            v.top2_id = ids ? ids[dist.top2] : id0 + dist.top2;
+            v.top2_logit = dist.z2;
+        }
+        v.log_sum_exp = dist.n_finite ? (float)(dist.max + log(dist.sumexp)) : -INFINITY;
+        return call_user(ctx, &v, c);
+    }
+    }
+    c->exit = c->conf > q->res.threshold;
+    return EEVP_OK;
+}
+
+/* The criterion without logits (saturation, or a custom one not asking). */
+static int check_hidden(eevp_ctx *ctx, int32_t s, int32_t layer, const float *h, check *c)
+{
+    eevpi_seq *q = &ctx->seq[s];
+    const float *prev = ctx->prev_hidden + (int64_t)s * ctx->head->d;
+    count_check(ctx);
+    if (ctx->criterion == EEVP_CRITERION_CUSTOM) {
+        eevp_exit_view v;
+        fill_view(ctx, s, layer, h, &v);
+        return call_user(ctx, &v, c);
+    }
+    c->conf = q->has_prev_h ? eevpi_cosine(ctx->head->kern, h, prev, ctx->head->d) : 0.0;
+    c->exit = c->conf > q->res.threshold;
+    return EEVP_OK;
+}
+
+static void remember_hidden(eevp_ctx *ctx, int32_t s, const float *h)
+{
+    if (ctx->needs & EEVP_NEEDS_PREV_HIDDEN) {
+        memcpy(ctx->prev_hidden + (int64_t)s * ctx->head->d, h,
+               (size_t)ctx->head->d * sizeof(float));
+        ctx->seq[s].has_prev_h = 1;
+    }
+}
+
+/* Keep the top-K of the full logits and gather their rows. */
+static int prune(eevp_ctx *ctx, int32_t s, const float *z)
+{
+    const eevp_head *h = ctx->head;
+    const int64_t K = ctx->k;
+    int32_t *set = ctx->set + s * K;
+    int rc = eevpi_topk(h->kern, z, h->V, ctx->k, h->offset, set, NULL, ctx->pairs);
+    if (rc != EEVP_OK)
+        return rc;
+    eevpi_head_gather(h, set, ctx->k, ctx->rows + s * K * h->d, h->d,
+                      ctx->set_bias ? ctx->set_bias + s * K : NULL);
+    ctx->pending.bytes += 4 * K * h->d;
+    ctx->seq[s].has_set = 1;
+    return EEVP_OK;
+}
+
+static int in_set(const eevp_ctx *ctx, int32_t s, int32_t token)
+{
+    const int32_t *set = ctx->set + (int64_t)s * ctx->k;
+    int32_t j;
+    for (j = 0; j < ctx->k; j++)
+        if (set[j] == token)
+            return 1;
+    return 0;
+}
+
+/* Checks on logits: the layer is either a full-vocabulary one for every
+ * running sequence or a pruned one for every running sequence. */
+static void layer_logits(eevp_ctx *ctx, int32_t layer, int32_t m, const int32_t *list,
+                         const float *const *hrow, int *first)
+{
+    const eevp_head *h = ctx->head;
+    const int last = layer == ctx->o.n_layers - 1;
+    const int checked = eevpi_ctx_is_checked(ctx, layer);
+    const int pruning = ctx->k > 0;
+    int full, any_set = 0;
+    int32_t i;
+    check c;
+
+    for (i = 0; i < m; i++)
+        any_set |= ctx->seq[list[i]].has_set;
+    full = !pruning || layer == ctx->p || (last && ctx->o.final_policy == EEVP_FINAL_FULL) ||
+           !any_set;
+
+    if (full) {
+        /* xn rows 0..m-1 already match list order. */
+        int32_t *xrow = ctx->row_of_seq; /* identity, reused as scratch */
+        for (i = 0; i < m; i++)
+            xrow[i] = i;
+        project_full(ctx, list, xrow, m);
+        for (i = 0; i < m; i++) {
+            const int32_t s = list[i];
+            eevpi_seq *q = &ctx->seq[s];
+            const float *z = slot_logits(ctx, q->slot);
+            int rc;
+            if (checked) {
+                rc = check_logits(ctx, s, layer, hrow[i], z, NULL, (int32_t)h->V, 0,
+                                  q->has_set, &c);
+                if (rc != EEVP_OK) {
+                    fail_seq(ctx, s, layer, rc, first);
+                    continue;
+                }
+                remember_hidden(ctx, s, hrow[i]);
+                if (last) {
+                    if (q->has_set) {
+                        ctx->pending.cov_total++;
+                        ctx->pending.cov_hits += in_set(ctx, s, c.token);
+                    }
+                    resolve(ctx, s, EEVP_REASON_LAST_LAYER, c.token, layer, 0, c.conf, 1,
+                            (int32_t)h->V);
+                    continue;
+                }
+                if (c.exit) {
+                    resolve(ctx, s, EEVP_REASON_CONFIDENT, c.token, layer, 0, c.conf, 1,
+                            (int32_t)h->V);
+                    continue;
+                }
+            }
+            if (pruning && layer == ctx->p) {
+                if ((rc = prune(ctx, s, z)) != EEVP_OK) {
+                    fail_seq(ctx, s, layer, rc, first);
+                    continue;
+                }
+                if (ctx->criterion == EEVP_CRITERION_JS && checked) {
+                    /* The next check compares against P_p over the set. */
+                    eevpi_dist dist;
+                    const float *zs = restrict_to_set(ctx, s, z);
+                    eevpi_dist_scan(zs, ctx->set + (int64_t)s * ctx->k, 0, ctx->k, 1, &dist);
+                    eevpi_softmax(zs, &dist, ctx->prev_dist + (int64_t)s * ctx->dist_len);
+                    q->has_prev_p = 1;
+                }
+            }
+        }
+        return;
+    }
+
+    for (i = 0; i < m; i++) {
+        const int32_t s = list[i];
+        eevpi_seq *q = &ctx->seq[s];
+        const int32_t *set = ctx->set + (int64_t)s * ctx->k;
+        float *z;
+        int rc;
+        ensure_slot(ctx, s);
+        z = slot_logits(ctx, q->slot);
+        eevpi_head_project_rows(h, ctx->k, ctx->rows + (int64_t)s * ctx->k * h->d, h->d,
+                                ctx->set_bias ? ctx->set_bias + (int64_t)s * ctx->k : NULL,
+                                ctx->xn + (int64_t)i * h->d, z);
+        count_projection(ctx, ctx->k);
+        rc = check_logits(ctx, s, layer, hrow[i], z, set, ctx->k, 1, 0, &c);
+        if (rc != EEVP_OK) {
+            fail_seq(ctx, s, layer, rc, first);
+            continue;
+        }
+        remember_hidden(ctx, s, hrow[i]);
+        if (last || c.exit)
+            resolve(ctx, s, last ? EEVP_REASON_LAST_LAYER : EEVP_REASON_CONFIDENT, c.token,
+                    layer, 1, c.conf, 0, ctx->k);
+    }
+}
+
+/* Checks without logits: decide first, then one full projection for the
+ * sequences that exit (or all, at the last layer). */
+static void layer_hidden(eevp_ctx *ctx, int32_t layer, int32_t m, int32_t *list,
+                         const float *const *hrow, int *first)
+{
+    const eevp_head *h = ctx->head;
+    const int last = layer == ctx->o.n_layers - 1;
+    int32_t *xrow = ctx->row_of_seq;
+    double *conf = (double *)ctx->pairs; /* m doubles of scratch */
+    int32_t i, n_out = 0;
+    check c;
+
+    for (i = 0; i < m; i++) {
+        const int32_t s = list[i];
+        int rc = check_hidden(ctx, s, layer, hrow[i], &c);
+        if (rc != EEVP_OK) {
+            fail_seq(ctx, s, layer, rc, first);
+            continue;
+        }
+        remember_hidden(ctx, s, hrow[i]);
+        if (last || c.exit) {
+            conf[n_out] = c.conf;
+            xrow[n_out] = i;
+            list[n_out++] = s;
+        }
+    }
+    if (n_out == 0)
+        return;
+    project_full(ctx, list, xrow, n_out);
+    for (i = 0; i < n_out; i++) {
+        const int32_t s = list[i];
+        const float *z = slot_logits(ctx, ctx->seq[s].slot);
+        eevpi_dist dist;
+        if (eevpi_dist_scan(z, NULL, (int32_t)h->offset, (int32_t)h->V, 0, &dist) != EEVP_OK) {
+            fail_seq(ctx, s, layer, EEVP_ENONFINITE, first);
+            continue;
+        }
+        resolve(ctx, s, last ? EEVP_REASON_LAST_LAYER : EEVP_REASON_CONFIDENT,
+                (int32_t)h->offset + dist.top1, layer, 0, conf[i], 1, (int32_t)h->V);
+    }
+}
+
+/* Next layer after `after` that must be handed over, or n_layers. */
+static int32_t next_required(const eevp_ctx *ctx, int32_t after)
+{
+    int32_t l;
+    for (l = after + 1; l < ctx->o.n_layers; l++)
+        if (eevpi_ctx_required(ctx, l))
+            return l;
+    return ctx->o.n_layers;
+}
+
+/* Map rows to sequences into row_of_seq; nothing else changes. */
+static int map_rows(eevp_ctx *ctx, int32_t n_rows, const int32_t *row_seq, int32_t n_running)
+{
+    int32_t s, r;
+    for (s = 0; s < ctx->n_seq; s++)
+        ctx->row_of_seq[s] = -1;
+    if (!row_seq) {
+        if (n_rows == ctx->n_seq) {
+            for (s = 0; s < ctx->n_seq; s++)
+                if (running(&ctx->seq[s]))
+                    ctx->row_of_seq[s] = s;
+        } else if (n_rows == n_running) {
+            for (s = 0, r = 0; s < ctx->n_seq; s++)
+                if (running(&ctx->seq[s]))
+                    ctx->row_of_seq[s] = r++;
+        } else {
+            return eevpi_ctx_fail(ctx, EEVP_ERANGE, "n_rows %d: expected n_seq (%d) or the "
+                                  "running count (%d)", (int)n_rows, (int)ctx->n_seq,
+                                  (int)n_running);
+        }
+        return EEVP_OK;
+    }
+    if (n_rows != n_running)
+        return eevpi_ctx_fail(ctx, EEVP_ERANGE, "n_rows %d with a row map: expected the "
+                              "running count (%d)", (int)n_rows, (int)n_running);
+    for (r = 0; r < n_rows; r++) {
+        s = row_seq[r];
+        if (s < 0 || s >= ctx->n_seq)
+            return eevpi_ctx_fail(ctx, EEVP_ERANGE, "row_seq[%d] = %d outside 0..n_seq-1 (%d)",
+                                  (int)r, (int)s, (int)ctx->n_seq - 1);
+        if (!running(&ctx->seq[s]))
+            return eevpi_ctx_fail(ctx, EEVP_EINVAL, "row_seq[%d] names sequence %d, which "
+                                  "already has a result", (int)r, (int)s);
+        if (ctx->row_of_seq[s] >= 0)
+            return eevpi_ctx_fail(ctx, EEVP_EINVAL, "row_seq names sequence %d twice",
+                                  (int)s);
+        ctx->row_of_seq[s] = r;
+    }
+    return EEVP_OK;
+}
+
+EEVP_API int eevp_step_layer(eevp_ctx *ctx, int32_t layer, const float *hidden, int64_t ld,
+                             int32_t n_rows, const int32_t *row_seq)
+{
+    const float **hrow = ctx ? ctx->hrow : NULL;
+    int32_t n_running, s, m = 0, need;
+    int first = EEVP_OK;
+    int rc = eevpi_ctx_enter(ctx);
+    if (rc != EEVP_OK)
+        return rc;
+    if (!ctx->active)
+        return eevpi_ctx_fail(ctx, EEVP_ESTATE, "no step in progress (eevp_step_begin)");
+    if (layer < 0 || layer >= ctx->o.n_layers)
+        return eevpi_ctx_fail(ctx, EEVP_ERANGE, "layer %d outside 0..%d", (int)layer,
+                              (int)ctx->o.n_layers - 1);
+    if (layer <= ctx->last_layer)
+        return eevpi_ctx_fail(ctx, EEVP_ESTATE, "layer %d after layer %d: layers must "
+                              "strictly increase within a step", (int)layer,
+                              (int)ctx->last_layer);
+    n_running = eevp_step_n_running(ctx);
+    if (n_running == 0)
+        return eevpi_ctx_fail(ctx, EEVP_ESTATE, "every sequence already has a result: "
+                              "call eevp_step_end");
+    need = next_required(ctx, ctx->last_layer);
+    if (layer > need)
+        return eevpi_ctx_fail(ctx, EEVP_ESTATE, "layer %d is required before layer %d",
+                              (int)need, (int)layer);
+    if (!hidden)
+        return eevpi_ctx_fail(ctx, EEVP_EINVAL, "hidden is NULL");
+    if (ld < ctx->head->d)
+        return eevpi_ctx_fail(ctx, EEVP_ERANGE, "ld %lld is smaller than dim %lld",
+                              (long long)ld, (long long)ctx->head->d);
+    if (n_rows < 1 || ld > INT64_MAX / (int64_t)sizeof(float) / n_rows)
+        return eevpi_ctx_fail(ctx, n_rows < 1 ? EEVP_ERANGE : EEVP_EOVERFLOW,
+                              "n_rows %d with ld %lld", (int)n_rows, (long long)ld);
+    if ((rc = map_rows(ctx, n_rows, row_seq, n_running)) != EEVP_OK)
+        return rc;
+    ctx->last_layer = layer;
+    if (layer != need)
+        return EEVP_OK; /* not required: ignored */
+
+    /* Normalise every running row (and catch NaN/Inf) in sequence order. */
+    for (s = 0; s < ctx->n_seq; s++) {
+        const float *x;
+        if (!running(&ctx->seq[s]))
+            continue;
+        x = hidden + (int64_t)ctx->row_of_seq[s] * ld;
+        if (eevpi_head_norm(ctx->head, x, ctx->xn + (int64_t)m * ctx->head->d) != EEVP_OK) {
+            fail_seq(ctx, s, layer, EEVP_ENONFINITE, &first);
+            continue;
+        }
+        hrow[m] = x;
+        ctx->list[m++] = s;
+    }
+    if (m > 0) {
+        if (ctx->needs & EEVP_NEEDS_LOGITS)
+            layer_logits(ctx, layer, m, ctx->list, hrow, &first);
+        else
+            layer_hidden(ctx, layer, m, ctx->list, hrow, &first);
+    }
+    return first;
+}
+
+EEVP_API int eevp_step_candidates(eevp_ctx *ctx, int32_t seq, int32_t capacity, float *logits,
+                                  int32_t *ids, int32_t *n_out)
+{
+    const eevpi_seq *q;
+    const float *z;
+    int32_t j, n, m;
+    int rc = eevpi_ctx_enter(ctx);
+    if (n_out)
+        *n_out = 0;
+    if (rc != EEVP_OK)
+        return rc;
+    if (!logits || !ids || !n_out)
+        return eevpi_ctx_fail(ctx, EEVP_EINVAL, "logits, ids and n_out are required");
+    if (seq < 0 || seq >= ctx->n_seq)
+        return eevpi_ctx_fail(ctx, EEVP_ERANGE, "seq %d outside 0..n_seq-1 (%d)", (int)seq,
+                              (int)ctx->n_seq - 1);
+    if (capacity < 1)
+        return eevpi_ctx_fail(ctx, EEVP_ERANGE, "capacity %d must be >= 1", (int)capacity);
+    q = &ctx->seq[seq];
+    if (q->res.reason != EEVP_REASON_CONFIDENT && q->res.reason != EEVP_REASON_LAST_LAYER)
+        return eevpi_ctx_fail(ctx, EEVP_ESTATE, "sequence %d has no resolved token", (int)seq);
+    z = slot_logits(ctx, q->slot);
+    n = q->cand_n;
+    for (j = 0; j < n; j++) {
+        ctx->pairs[j].v = z[j];
+        ctx->pairs[j].i = q->cand_full ? ctx->iota[j] : ctx->set[(int64_t)seq * ctx->k + j];
+    }
+    m = capacity < n ? capacity : n;
+    eevpi_select_sorted(ctx->pairs, n, m);
+    for (j = 0; j < m; j++) {
+        logits[j] = ctx->pairs[j].v;
+        ids[j] = ctx->pairs[j].i;
+    }
+    *n_out = m;
+    return EEVP_OK;
+}
