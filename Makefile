@@ -65,10 +65,13 @@ $(STATIC): $(OBJS) | lib
 	rm -f $@
 	$(AR) rcs $@ $(OBJS)
 
+PC_SED = sed -e 's|@prefix@|$(prefix)|' -e 's|@exec_prefix@|$(exec_prefix)|' \
+  -e 's|@libdir@|$(libdir)|' -e 's|@includedir@|$(includedir)|' -e 's|@VERSION@|$(VERSION)|'
+
+# The in-tree copy shows the default paths; install writes its own from the
+# paths given to it, so a changed PREFIX is never installed stale.
 eevp.pc: eevp.pc.in include/eevp.h Makefile
-	sed -e 's|@prefix@|$(prefix)|' -e 's|@exec_prefix@|$(exec_prefix)|' \
-	    -e 's|@libdir@|$(libdir)|' -e 's|@includedir@|$(includedir)|' \
-	    -e 's|@VERSION@|$(VERSION)|' $< > $@
+	$(PC_SED) $< > $@
 
 # ---- dependencies -----------------------------------------------------------
 deps:
@@ -122,7 +125,8 @@ install: all
 	ln -sf libeevp.so.$(VERSION) $(DESTDIR)$(libdir)/$(SONAME)
 	ln -sf $(SONAME) $(DESTDIR)$(libdir)/libeevp.so
 	install -m 644 $(STATIC) $(DESTDIR)$(libdir)/libeevp.a
-	install -m 644 eevp.pc $(DESTDIR)$(libdir)/pkgconfig/eevp.pc
+	$(PC_SED) eevp.pc.in > $(DESTDIR)$(libdir)/pkgconfig/eevp.pc
+	chmod 644 $(DESTDIR)$(libdir)/pkgconfig/eevp.pc
 	if [ -z "$(DESTDIR)" ] && command -v ldconfig >/dev/null; then ldconfig; fi
 
 uninstall:

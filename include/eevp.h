@@ -99,10 +99,11 @@ typedef enum eevp_norm {
 #define EEVP_HEAD_COPY    1u  /* copy W, norm weights and logit bias; default borrows */
 #define EEVP_HEAD_NO_SIMD 2u  /* use the portable kernels even where AVX2/FMA exist */
 
-/* Built-in exit criteria.  Each yields a confidence c in [0, 1]. */
+/* Built-in exit criteria.  Each yields a confidence c in [0, 1] (saturation
+ * in [-1, 1]).  With no candidate of finite logit (all masked) c = 0. */
 typedef enum eevp_criterion {
     /* c = p1 - p2, top-1 minus top-2 probability of the softmax over the
-     * candidates (0 when there is a single finite candidate: p1 - 0 = 1). */
+     * candidates (p2 = 0 when there is a single candidate). */
     EEVP_CRITERION_TOP2_GAP = 0,
     /* c = p1, the largest softmax probability over the candidates. */
     EEVP_CRITERION_MAX_PROB = 1,
@@ -113,7 +114,8 @@ typedef enum eevp_criterion {
      * norm) at this and at the previous checked layer; 0 at the first checked
      * layer and when either vector is zero.  Needs no logits: no pruning and
      * no projection run until the sequence exits, and the exit computes the
-     * full head once. */
+     * full head once.  Use k = 0 with it: the context then allocates no
+     * gathered-row buffers. */
     EEVP_CRITERION_SATURATION = 3,
     /* c = 1 when the top-1 token has been the same at the last `patience`
      * checked layers of this token (this one included), else 0. */
@@ -292,7 +294,8 @@ EEVP_API int eevp_ctx_memory_estimate(int64_t *bytes, const eevp_head *head,
 EEVP_API int eevp_ctx_create(eevp_ctx **out, const eevp_head *head,
                              const eevp_ctx_options *opts,
                              char *msg, size_t msg_size);
-/* Free a context (NULL is a no-op); destroys a custom criterion's state. */
+/* Free a context (NULL is a no-op); destroys a custom criterion's state.
+ * Never from inside the context's own callback. */
 EEVP_API void eevp_ctx_free(eevp_ctx *ctx);
 
 /* Detail of the last error returned by a function that takes a non-const
@@ -358,8 +361,9 @@ EEVP_API int32_t eevp_step_n_running(const eevp_ctx *ctx);
  * until the next eevp_step_begin or eevp_ctx_reset. */
 EEVP_API int eevp_step_end(eevp_ctx *ctx);
 
-/* Drop the current step (any state, statistics not counted).  EEVP_OK also
- * when no step is in progress. */
+/* Drop the step in progress: its partial results go, its statistics are not
+ * counted.  With no step in progress (none begun, or already ended) it does
+ * nothing and returns EEVP_OK, so an ended step's results stay readable. */
 EEVP_API int eevp_step_abandon(eevp_ctx *ctx);
 
 /* Per-sequence result of the current (or just ended) step. */
@@ -411,7 +415,9 @@ typedef struct eevp_exit_view {
     int32_t n;                /* number of candidates; 0 without logits */
     int32_t pruned;           /* 1 when the candidates are the pruned set */
     const float *logits;      /* n transformed logits, NULL without logits */
-    const int32_t *ids;       /* n global ids (unsorted), NULL without logits */
+    const int32_t *ids;       /* n global ids, NULL without logits: the pruned
+                                 set in its order at the pruning layer, or
+                                 the vocabulary in row order */
     int32_t top1_id, top2_id; /* in the order; -1 when absent */
     float top1_logit, top2_logit;
     float log_sum_exp;        /* log(sum(exp(logits))) */

@@ -259,8 +259,10 @@ static void transform(const eevp_head *h, float *z, int64_t n, const float *bias
             z[j] += bias[j];
     if (h->cap > 0.0f) {
         const float cap = h->cap;
+        /* A -INFINITY bias masks its token: the cap must not bring it back. */
         for (j = 0; j < n; j++)
-            z[j] = cap * tanhf(z[j] / cap);
+            if (z[j] > -INFINITY)
+                z[j] = cap * tanhf(z[j] / cap);
     }
 }
 

@@ -112,6 +112,8 @@ EEVP_API int eevp_step_abandon(eevp_ctx *ctx)
     int rc = eevpi_ctx_enter(ctx);
     if (rc != EEVP_OK)
         return rc;
+    if (!ctx->active)
+        return EEVP_OK; /* an ended step's results stay readable */
     ctx->active = 0;
     ctx->n_seq = 0;
     memset(&ctx->pending, 0, sizeof ctx->pending);
