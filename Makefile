@@ -93,7 +93,7 @@ tests/check_eevp: $(TEST_SRCS) tests/ref.h include/eevp.h $(SHARED) lib/libeevp.
 
 check: deps
 	$(MAKE) all tests/check_eevp
-	tests/check_eevp
+	CK_DEFAULT_TIMEOUT=$${CK_DEFAULT_TIMEOUT:-60} tests/check_eevp
 	sh tests/check_symbols.sh
 
 # The same suites with the library and the tests built under ASan and UBSan,

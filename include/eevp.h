@@ -207,7 +207,8 @@ typedef struct eevp_head_options {
     uint32_t flags;           /* EEVP_HEAD_* */
     int64_t n_vocab;          /* V, rows of W, 1 .. EEVP_MAX_VOCAB */
     int64_t dim;              /* d, columns of W, 1 .. EEVP_MAX_DIM */
-    int64_t row_stride;       /* floats between rows of W, >= dim; 0 means dim */
+    int64_t row_stride;       /* floats between rows of W, dim .. INT32_MAX
+                                 (BLAS's leading dimension); 0 means dim */
     const float *weights;     /* W, row-major, row v = token v; required */
     int64_t vocab_offset;     /* global id of row 0, >= 0; ids stay < 2^31 */
     int32_t norm;             /* eevp_norm */
@@ -458,7 +459,9 @@ EEVP_API int eevp_ctx_threshold(const eevp_ctx *ctx, int32_t t, float *lambda);
 /* ------------------------------------------------------------------------ */
 
 /* Bytes of workspace eevp_head_logits / eevp_head_pruned_logits need for n
- * hidden states (the normalised copies), or a negative error. */
+ * hidden states (the normalised copies), or a negative error.  Kernels take
+ * 1 <= n <= EEVP_MAX_BATCH hidden states (EEVP_ERANGE otherwise) and report
+ * NaN/Inf in a hidden state as EEVP_ENONFINITE. */
 EEVP_API int64_t eevp_head_workspace_size(const eevp_head *head, int32_t n);
 
 /* Full logits for n hidden states: logits[r*ld_logits + v] = z_v(hidden row r),
@@ -471,14 +474,15 @@ EEVP_API int eevp_head_logits(const eevp_head *head, int32_t n,
 
 /* Gather rows of W: out[j*ld_out + c] = W[ids[j] - vocab_offset][c] for j < k,
  * and bias_out[j] = logit_bias of that token (0 without bias) when bias_out
- * is not NULL.  ids are global and must be inside the head. */
+ * is not NULL.  1 <= k <= V; ids are global and must be inside the head
+ * (EEVP_ERANGE otherwise, nothing written). */
 EEVP_API int eevp_head_gather(const eevp_head *head, const int32_t *ids, int32_t k,
                               float *out, int64_t ld_out, float *bias_out);
 
 /* Pruned logits: logits[r*ld_logits + j] = z for the token whose row was
  * gathered into rows[j*ld_rows ...] with bias bias[j] (NULL: 0), for n hidden
- * states and k rows.  Uses the head's norm, scale and soft-cap.  work as for
- * eevp_head_logits. */
+ * states and 1 <= k <= V rows (ld_rows <= INT32_MAX).  Uses the head's norm,
+ * scale and soft-cap.  work as for eevp_head_logits. */
 EEVP_API int eevp_head_pruned_logits(const eevp_head *head, int32_t k,
                                      const float *rows, int64_t ld_rows,
                                      const float *bias, int32_t n,
@@ -490,7 +494,8 @@ EEVP_API int64_t eevp_topk_workspace_size(int64_t n, int32_t k);
 
 /* Exact top-k of x[0..n-1] in the order (value descending, index ascending),
  * by selection, O(n + k log k) expected.  Writes the k indices plus
- * id_offset to ids[] and, when values is not NULL, their values.  1 <= k <= n.
+ * id_offset to ids[] and, when values is not NULL, their values.  1 <= k <= n
+ * <= EEVP_MAX_VOCAB and n - 1 + id_offset <= INT32_MAX (EEVP_ERANGE).
  * EEVP_ENONFINITE when x holds a NaN (-Inf and +Inf are ordered values). */
 EEVP_API int eevp_topk(const float *x, int64_t n, int32_t k, int64_t id_offset,
                        int32_t *ids, float *values, void *work);
