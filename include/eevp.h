@@ -99,6 +99,15 @@ typedef enum eevp_norm {
 #define EEVP_HEAD_COPY    1u  /* copy W, norm weights and logit bias; default borrows */
 #define EEVP_HEAD_NO_SIMD 2u  /* use the portable kernels even where AVX2/FMA exist */
 
+/* eevp_head_options.weight_type: how W is stored.  Half-precision heads keep
+ * W in half precision (no fp32 copy of V x d exists); products and sums are
+ * fp32, and gathered rows are converted to fp32 once per token. */
+typedef enum eevp_weight {
+    EEVP_WEIGHT_F32 = 0,  /* float */
+    EEVP_WEIGHT_F16 = 1,  /* IEEE 754 binary16, as uint16_t */
+    EEVP_WEIGHT_BF16 = 2  /* bfloat16 (upper half of a float), as uint16_t */
+} eevp_weight;
+
 /* Built-in exit criteria.  Each yields a confidence c in [0, 1] (saturation
  * in [-1, 1]).  With no candidate of finite logit (all masked) c = 0. */
 typedef enum eevp_criterion {
@@ -219,11 +228,22 @@ typedef struct eevp_head_options {
     float logit_scale;        /* > 0; 0 means 1 */
     float softcap;            /* > 0 applies cap*tanh(z/cap); 0 means none */
     const eevp_allocator *allocator; /* copied; NULL means malloc/free */
+    /* Storage of W and screening (issue 4). */
+    int32_t weight_type;      /* eevp_weight; EEVP_WEIGHT_F16 / _BF16 read W
+                                 from weights_half (weights must be NULL) */
+    const uint16_t *weights_half; /* W as V rows of row_stride half-precision
+                                 values; borrowed like weights, or copied
+                                 (still half) under EEVP_HEAD_COPY */
+    /* Opt-in approximation at the pruning layer: 0 none; m >= 2 makes the
+     * head hold an int8 copy of W (V x d bytes plus V scales, one per row)
+     * used only to screen m*K candidates, whose exact logits then choose the
+     * K (docs/BENCHMARKS.md: cost and measured recall). */
+    int32_t screen_mult;
 } eevp_head_options;
 
 #define EEVP_HEAD_OPTIONS_INIT \
     { (uint32_t)sizeof(eevp_head_options), 0u, 0, 0, 0, NULL, 0, EEVP_NORM_NONE, \
-      1e-6f, NULL, NULL, NULL, 1.0f, 0.0f, NULL }
+      1e-6f, NULL, NULL, NULL, 1.0f, 0.0f, NULL, EEVP_WEIGHT_F32, NULL, 0 }
 
 /* Initialise *opts to the defaults (same as EEVP_HEAD_OPTIONS_INIT).
  * Returns EEVP_EINVAL for NULL. */
@@ -271,11 +291,59 @@ typedef struct eevp_ctx_options {
     int32_t max_length;     /* N for EEVP_SCHEDULE_CALM, >= 1 */
     int32_t patience;       /* N for EEVP_CRITERION_STABILITY, >= 1 */
     const eevp_allocator *allocator; /* copied; NULL means malloc/free */
+    uint32_t flags;         /* EEVP_CTX_* */
+
+    /* Candidate-set policies, all off by default (docs/POLICIES.md).  The
+     * "pruned set" of a sequence is then: the top-K of the pruning layer
+     * (unless static_mode is EEVP_STATIC_ONLY), united with the static list
+     * and the always-included ids, without duplicates.  Ids outside the
+     * head's range [vocab_offset, vocab_offset + V) are dropped (a shard
+     * holds only its own rows). */
+    const int32_t *always_ids; /* n_always global ids joined to every set;
+                                  copied at creation */
+    int32_t n_always;          /* 0 .. EEVP_MAX_LIST */
+    int32_t static_mode;       /* eevp_static */
+    const int32_t *static_ids; /* n_static global ids; copied at creation */
+    int32_t n_static;          /* 0 .. EEVP_MAX_LIST */
+    /* Re-pruning: recompute the top-K from the full head again at the
+     * checked layer reprune_layer (> the pruning layer; -1: never), and/or
+     * at every reprune_every-th checked layer after the pruning layer (0:
+     * never).  That layer is then decided on the full vocabulary. */
+    int32_t reprune_layer;
+    int32_t reprune_every;
+    /* Adaptive K: when adaptive_mass is in (0, 1], the dynamic part of the
+     * set is the smallest top set of the pruning layer's softmax holding at
+     * least that probability mass, clamped to [k_min, k].  0: fixed K. */
+    float adaptive_mass;
+    int32_t k_min;             /* 1 .. k, used with adaptive_mass */
 } eevp_ctx_options;
+
+/* eevp_ctx_options.flags */
+/* Bitwise batch invariance: a sequence's logits, confidences, tokens and exit
+ * layers do not depend on what else shares its batch or on its row (every
+ * projection is computed per row with a fixed reduction order; slower for
+ * batched full projections). */
+#define EEVP_CTX_BATCH_INVARIANT 1u
+/* Exact-token exits: on a pruned exit, compute the full head once at the
+ * exit layer and emit its argmax (the exit decision stays the pruned one;
+ * eevp_result.pruned_token keeps the pruned argmax). */
+#define EEVP_CTX_EXACT_EXIT 2u
+
+/* Largest always-included or static list. */
+#define EEVP_MAX_LIST 65536
+
+/* Static candidate list use. */
+typedef enum eevp_static {
+    EEVP_STATIC_NONE = 0,  /* no static list (static_ids ignored) */
+    EEVP_STATIC_UNION = 1, /* top-K united with the static list */
+    EEVP_STATIC_ONLY = 2   /* the static list alone: no top-K, no full
+                              projection at the pruning layer unless checked */
+} eevp_static;
 
 #define EEVP_CTX_OPTIONS_INIT \
     { (uint32_t)sizeof(eevp_ctx_options), 0, 1, 256, 0, 1, -1, EEVP_FINAL_FULL, \
-      EEVP_CRITERION_TOP2_GAP, 0.9f, EEVP_SCHEDULE_CONSTANT, 4.0f, 1024, 2, NULL }
+      EEVP_CRITERION_TOP2_GAP, 0.9f, EEVP_SCHEDULE_CONSTANT, 4.0f, 1024, 2, NULL, \
+      0u, NULL, 0, EEVP_STATIC_NONE, NULL, 0, -1, 0, 0.0f, 1 }
 
 /* Initialise *opts to the defaults (same as EEVP_CTX_OPTIONS_INIT): batch 1,
  * K = 256, f = 0, i = 1, p = f, full final layer, top-2 gap with lambda 0.9,
@@ -377,6 +445,11 @@ typedef struct eevp_result {
     int32_t pruned;       /* 1 when decided on the pruned set, else 0 */
     float confidence;     /* c at the deciding layer (NaN while running) */
     float threshold;      /* lambda(t) used for this sequence */
+    int32_t pruned_token; /* argmax over the pruned set when pruned == 1
+                             (differs from token only under
+                             EEVP_CTX_EXACT_EXIT), else -1 */
+    int32_t set_size;     /* size of the pruned set the sequence held at
+                             resolution, 0 without one */
 } eevp_result;
 
 /* Read sequence seq's result.  out->struct_size must be set (at least the
@@ -528,6 +601,15 @@ typedef struct eevp_stats {
     int64_t head_flops_baseline;   /* full vocabulary at every check */
     int64_t head_bytes;            /* W bytes read, gathers included */
     int64_t head_bytes_baseline;
+    /* Candidate-set policies. */
+    int64_t pruned_sets;           /* sets built (prunings and re-prunings) */
+    int64_t set_size_sum;          /* their sizes summed (mean = / pruned_sets) */
+    int64_t reprunes;              /* re-prunings performed */
+    int64_t reprune_changed;       /* ... whose set differed from the one before */
+    int64_t always_emitted;        /* tokens emitted that are always-included ids */
+    int64_t static_emitted;        /* tokens emitted from the static list */
+    int64_t exact_exits;           /* pruned exits re-decided on the full head */
+    int64_t exact_exit_changed;    /* ... where the full argmax differed */
 } eevp_stats;
 
 /* Read the statistics.  out->struct_size must be set. */
@@ -535,6 +617,9 @@ EEVP_API int eevp_ctx_stats(const eevp_ctx *ctx, eevp_stats *out);
 /* Copy the exit-layer histogram: counts[l] = tokens resolved at layer l,
  * for l < min(n, L). */
 EEVP_API int eevp_ctx_exit_histogram(const eevp_ctx *ctx, int64_t *counts, int32_t n);
+/* Copy the histogram of pruned-set sizes: counts[s] = sets built of size s,
+ * for s < n (sizes >= n are not copied). */
+EEVP_API int eevp_ctx_set_size_histogram(const eevp_ctx *ctx, int64_t *counts, int32_t n);
 /* Zero the statistics. */
 EEVP_API int eevp_ctx_stats_reset(eevp_ctx *ctx);
 

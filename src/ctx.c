@@ -5,6 +5,7 @@
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #define CTX_OPTIONS_V1 sizeof(eevp_ctx_options)
@@ -100,6 +101,35 @@ static int read_options(eevp_ctx_options *o, const eevp_head *head,
           "max_length %d must be >= 1 for the CALM schedule", (int)o->max_length);
     RANGE(o->patience >= 1 || o->criterion != EEVP_CRITERION_STABILITY,
           "patience %d must be >= 1", (int)o->patience);
+    ENUM(!(o->flags & ~(EEVP_CTX_BATCH_INVARIANT | EEVP_CTX_EXACT_EXIT)),
+         "unknown flags 0x%x", (unsigned)o->flags);
+    RANGE(o->n_always >= 0 && o->n_always <= EEVP_MAX_LIST, "n_always %d outside 0..%d",
+          (int)o->n_always, EEVP_MAX_LIST);
+    ENUM(o->n_always == 0 || o->always_ids, "always_ids is NULL with n_always %d",
+         (int)o->n_always);
+    ENUM(o->static_mode >= EEVP_STATIC_NONE && o->static_mode <= EEVP_STATIC_ONLY,
+         "unknown static_mode %d", (int)o->static_mode);
+    RANGE(o->n_static >= 0 && o->n_static <= EEVP_MAX_LIST, "n_static %d outside 0..%d",
+          (int)o->n_static, EEVP_MAX_LIST);
+    ENUM(o->n_static == 0 || o->static_ids || o->static_mode == EEVP_STATIC_NONE,
+         "static_ids is NULL with n_static %d", (int)o->n_static);
+    {
+        const int32_t p = o->prune_layer < 0 ? o->first_layer : o->prune_layer;
+        const int32_t r = o->reprune_layer;
+        RANGE(r == -1 || (r > p && r < o->n_layers - 1 && r >= o->first_layer &&
+                          (r - o->first_layer) % o->interval == 0),
+              "reprune_layer %d must be -1 or a checked layer after the pruning layer (%d) "
+              "and before the last", (int)r, (int)p);
+    }
+    RANGE(o->reprune_every >= 0, "reprune_every %d is negative", (int)o->reprune_every);
+    RANGE(isfinite(o->adaptive_mass) && o->adaptive_mass >= 0.0f && o->adaptive_mass <= 1.0f,
+          "adaptive_mass must be in [0, 1]");
+    RANGE(o->adaptive_mass == 0.0f || (o->k > 0 && o->k_min >= 1 && o->k_min <= o->k),
+          "adaptive K needs k > 0 and k_min in 1..k (k_min %d, k %d)", (int)o->k_min,
+          (int)o->k);
+    ENUM(o->static_mode != EEVP_STATIC_ONLY ||
+             (o->reprune_layer == -1 && o->reprune_every == 0 && o->adaptive_mass == 0.0f),
+         "re-pruning and adaptive K need a dynamic top-K (not EEVP_STATIC_ONLY)");
 #undef RANGE
 #undef ENUM
     if (o->allocator && (!o->allocator->alloc) != (!o->allocator->free)) {
@@ -109,10 +139,20 @@ static int read_options(eevp_ctx_options *o, const eevp_head *head,
     return EEVP_OK;
 }
 
-/* The one memory plan: sizes the arena (c->block NULL) or carves it. */
+/* The one memory plan: sizes the arena (c->block NULL) or carves it.  List
+ * sizes are the caller's counts: duplicates and foreign ids are dropped
+ * later, so these are upper bounds, and exactly what is allocated. */
 static void plan(eevp_ctx *c, eevpi_arena *a)
 {
-    const int64_t B = c->o.max_batch, V = c->head->V, d = c->head->d, K = c->k;
+    const int64_t B = c->o.max_batch, V = c->head->V, d = c->head->d;
+    const int64_t shared = c->o.static_mode == EEVP_STATIC_ONLY ? c->kmax : 0;
+    const int64_t K = shared ? 0 : c->kmax;
+    c->always = (int32_t *)eevpi_arena_take(a, c->o.n_always, sizeof(int32_t));
+    c->statics = (int32_t *)eevpi_arena_take(
+        a, c->o.static_mode != EEVP_STATIC_NONE ? c->o.n_static : 0, sizeof(int32_t));
+    c->shared_ids = (int32_t *)eevpi_arena_take(a, shared, sizeof(int32_t));
+    c->shared_rows = (float *)eevpi_arena_take(a, shared * d, sizeof(float));
+    c->shared_bias = (float *)eevpi_arena_take(a, c->head->bias ? shared : 0, sizeof(float));
     c->seq = (eevpi_seq *)eevpi_arena_take(a, B, sizeof(eevpi_seq));
     c->row_of_seq = (int32_t *)eevpi_arena_take(a, B, sizeof(int32_t));
     c->list = (int32_t *)eevpi_arena_take(a, B, sizeof(int32_t));
@@ -123,12 +163,66 @@ static void plan(eevp_ctx *c, eevpi_arena *a)
     c->rows = (float *)eevpi_arena_take(a, B * K * d, sizeof(float));
     c->set_bias = (float *)eevpi_arena_take(a, c->head->bias ? B * K : 0, sizeof(float));
     c->prev_hidden = (float *)eevpi_arena_take(a, B * d, sizeof(float));
-    c->dist_len = c->o.criterion == EEVP_CRITERION_JS ? (K ? K : V) : 0;
+    c->dist_len = c->o.criterion == EEVP_CRITERION_JS ? (c->kmax ? c->kmax : V) : 0;
     c->prev_dist = (float *)eevpi_arena_take(a, B * c->dist_len, sizeof(float));
     c->xn = (float *)eevpi_arena_take(a, B * d, sizeof(float));
     c->iota = (int32_t *)eevpi_arena_take(a, V, sizeof(int32_t));
     c->pairs = (eevpi_pair *)eevpi_arena_take(a, V > B ? V : B, sizeof(eevpi_pair));
+    c->mark = (unsigned char *)eevpi_arena_take(a, c->kmax ? V : 0, 1);
     c->hist = (int64_t *)eevpi_arena_take(a, c->o.n_layers, sizeof(int64_t));
+    c->size_hist = (int64_t *)eevpi_arena_take(a, c->kmax + 1, sizeof(int64_t));
+    c->size_hist_pending = (int64_t *)eevpi_arena_take(a, c->kmax + 1, sizeof(int64_t));
+}
+
+static int cmp_id(const void *a, const void *b)
+{
+    const int32_t x = *(const int32_t *)a, y = *(const int32_t *)b;
+    return (x > y) - (x < y);
+}
+
+/* Copy the ids inside the head, sorted and without duplicates. */
+static int32_t copy_ids(int32_t *dst, const int32_t *src, int32_t n, const eevp_head *h)
+{
+    int32_t i, m = 0, u = 0;
+    for (i = 0; i < n; i++)
+        if (src[i] >= h->offset && src[i] - h->offset < h->V)
+            dst[m++] = src[i];
+    if (m == 0)
+        return 0;
+    qsort(dst, (size_t)m, sizeof *dst, cmp_id);
+    for (i = 1; i < m; i++)
+        if (dst[i] != dst[u])
+            dst[++u] = dst[i];
+    return u + 1;
+}
+
+/* Union of two sorted, duplicate-free lists, sorted. */
+static int32_t merge_ids(int32_t *dst, const int32_t *a, int32_t na, const int32_t *b,
+                         int32_t nb)
+{
+    int32_t i = 0, j = 0, m = 0;
+    while (i < na || j < nb) {
+        if (j >= nb || (i < na && a[i] < b[j]))
+            dst[m++] = a[i++];
+        else if (i >= na || b[j] < a[i])
+            dst[m++] = b[j++];
+        else
+            dst[m++] = a[i++], j++;
+    }
+    return m;
+}
+
+int eevpi_contains(const int32_t *ids, int32_t n, int32_t id)
+{
+    int32_t lo = 0, hi = n;
+    while (lo < hi) {
+        const int32_t mid = lo + (hi - lo) / 2;
+        if (ids[mid] < id)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo < n && ids[lo] == id;
 }
 
 /* Fill the configuration part of c from checked options; returns the arena
@@ -142,6 +236,19 @@ static int64_t configure(eevp_ctx *c, const eevp_head *head, const eevp_ctx_opti
     c->o.allocator = NULL;
     c->p = o->prune_layer < 0 ? o->first_layer : o->prune_layer;
     c->k = (o->k > 0 && o->k < head->V) ? o->k : 0;
+    {
+        int64_t m;
+        if (o->static_mode == EEVP_STATIC_ONLY)
+            m = (int64_t)o->n_static + o->n_always;
+        else if (c->k > 0)
+            m = (int64_t)c->k + o->n_always +
+                (o->static_mode == EEVP_STATIC_UNION ? o->n_static : 0);
+        else
+            m = 0; /* no pruning: the lists have nothing to join */
+        c->kmax = (int32_t)(m < head->V ? m : head->V);
+        if (o->static_mode == EEVP_STATIC_ONLY)
+            c->k = 0;
+    }
     c->criterion = o->criterion;
     c->needs = o->criterion == EEVP_CRITERION_SATURATION ? EEVP_NEEDS_PREV_HIDDEN
                                                          : EEVP_NEEDS_LOGITS;
@@ -215,6 +322,22 @@ EEVP_API int eevp_ctx_create(eevp_ctx **out, const eevp_head *head,
     for (i = 0; i < head->V; i++)
         c->iota[i] = (int32_t)(i + head->offset);
     memset(c->hist, 0, (size_t)c->o.n_layers * sizeof(int64_t));
+    memset(c->size_hist, 0, (size_t)(c->kmax + 1) * sizeof(int64_t));
+    if (c->mark)
+        memset(c->mark, 0, (size_t)head->V);
+    c->n_always = copy_ids(c->always, o.always_ids, o.n_always, head);
+    c->n_static = o.static_mode != EEVP_STATIC_NONE
+                      ? copy_ids(c->statics, o.static_ids, o.n_static, head)
+                      : 0;
+    if (c->shared_ids) {
+        c->shared_n = merge_ids(c->shared_ids, c->statics, c->n_static, c->always, c->n_always);
+        if (c->shared_n > 0)
+            eevpi_head_gather(head, c->shared_ids, c->shared_n, c->shared_rows, head->d,
+                              c->shared_bias);
+    }
+    /* The caller's lists are copied: keep no pointer to them. */
+    c->o.always_ids = NULL;
+    c->o.static_ids = NULL;
     *out = c;
     return EEVP_OK;
 }
@@ -245,6 +368,7 @@ EEVP_API int eevp_ctx_reset(eevp_ctx *ctx)
     ctx->active = 0;
     ctx->n_seq = 0;
     memset(&ctx->pending, 0, sizeof ctx->pending);
+    memset(ctx->size_hist_pending, 0, (size_t)(ctx->kmax + 1) * sizeof(int64_t));
     return EEVP_OK;
 }
 
@@ -255,11 +379,32 @@ int eevpi_ctx_is_checked(const eevp_ctx *ctx, int32_t layer)
     return layer >= ctx->o.first_layer && (layer - ctx->o.first_layer) % ctx->o.interval == 0;
 }
 
+int eevpi_ctx_pruning(const eevp_ctx *ctx)
+{
+    return ctx->kmax > 0 && (ctx->needs & EEVP_NEEDS_LOGITS);
+}
+
 int eevpi_ctx_required(const eevp_ctx *ctx, int32_t layer)
 {
     if (eevpi_ctx_is_checked(ctx, layer))
         return 1;
-    return layer == ctx->p && ctx->k > 0 && (ctx->needs & EEVP_NEEDS_LOGITS);
+    /* A static-only set is known before the step: nothing to prune at p. */
+    return layer == ctx->p && eevpi_ctx_pruning(ctx) && ctx->o.static_mode != EEVP_STATIC_ONLY;
+}
+
+int eevpi_ctx_reprunes(const eevp_ctx *ctx, int32_t layer)
+{
+    int32_t l, n = 0;
+    if (!eevpi_ctx_pruning(ctx) || ctx->k == 0 || layer <= ctx->p ||
+        layer >= ctx->o.n_layers - 1 || !eevpi_ctx_is_checked(ctx, layer))
+        return 0;
+    if (layer == ctx->o.reprune_layer)
+        return 1;
+    if (ctx->o.reprune_every <= 0)
+        return 0;
+    for (l = ctx->p + 1; l <= layer; l++)
+        n += eevpi_ctx_is_checked(ctx, l);
+    return n % ctx->o.reprune_every == 0;
 }
 
 EEVP_API int eevp_ctx_layer_required(const eevp_ctx *ctx, int32_t layer)
@@ -351,6 +496,14 @@ EEVP_API int eevp_ctx_stats(const eevp_ctx *ctx, eevp_stats *out)
     s.head_flops_baseline = c->flops_base;
     s.head_bytes = c->bytes;
     s.head_bytes_baseline = c->bytes_base;
+    s.pruned_sets = c->pruned_sets;
+    s.set_size_sum = c->set_size_sum;
+    s.reprunes = c->reprunes;
+    s.reprune_changed = c->reprune_changed;
+    s.always_emitted = c->always_emitted;
+    s.static_emitted = c->static_emitted;
+    s.exact_exits = c->exact_exits;
+    s.exact_exit_changed = c->exact_exit_changed;
     return eevpi_write_struct(out, &s, sizeof s, STATS_V1);
 }
 
@@ -367,6 +520,20 @@ EEVP_API int eevp_ctx_exit_histogram(const eevp_ctx *ctx, int64_t *counts, int32
     return EEVP_OK;
 }
 
+EEVP_API int eevp_ctx_set_size_histogram(const eevp_ctx *ctx, int64_t *counts, int32_t n)
+{
+    int32_t s;
+    if (!ctx || !counts)
+        return EEVP_EINVAL;
+    if (ctx->busy)
+        return EEVP_EBUSY;
+    if (n < 0)
+        return EEVP_ERANGE;
+    for (s = 0; s < n; s++)
+        counts[s] = s <= ctx->kmax ? ctx->size_hist[s] : 0;
+    return EEVP_OK;
+}
+
 EEVP_API int eevp_ctx_stats_reset(eevp_ctx *ctx)
 {
     int rc = eevpi_ctx_enter(ctx);
@@ -374,6 +541,7 @@ EEVP_API int eevp_ctx_stats_reset(eevp_ctx *ctx)
         return rc;
     memset(&ctx->stats, 0, sizeof ctx->stats);
     memset(ctx->hist, 0, (size_t)ctx->o.n_layers * sizeof(int64_t));
+    memset(ctx->size_hist, 0, (size_t)(ctx->kmax + 1) * sizeof(int64_t));
     return EEVP_OK;
 }
 

@@ -10,12 +10,17 @@ typedef struct eevpi_seq {
     int32_t position;
     int32_t slot;       /* logits slot holding this sequence's logits */
     int32_t cand_n;     /* logits in the slot for a resolved sequence */
-    int32_t cand_full;  /* 1: slot holds V logits by local row; 0: K over set */
-    int32_t has_set;    /* pruned set gathered this step */
+    int32_t cand_full;  /* 1: slot holds V logits by local row; 0: over the set */
+    int32_t has_set;    /* a pruned set is held */
     int32_t has_prev_h; /* prev_hidden holds the previous check's row */
     int32_t has_prev_p; /* prev_dist holds the previous check's distribution */
     int32_t last_top1;  /* stability: top-1 id and how many checks it held */
     int32_t run;
+    /* The pruned set: its own block, or the context's shared static one. */
+    int32_t set_n;
+    const int32_t *set_ids;
+    const float *set_rows; /* set_n x d, packed */
+    const float *set_bias; /* set_n, or NULL without a logit bias */
 } eevpi_seq;
 
 /* Statistics counters (the public struct minus its derived fields). */
@@ -23,6 +28,8 @@ typedef struct eevpi_counts {
     int64_t tokens, exited_early, reached_last, failed, checks, pruned_decisions;
     int64_t cov_hits, cov_total;
     int64_t flops, flops_base, bytes, bytes_base;
+    int64_t pruned_sets, set_size_sum, reprunes, reprune_changed;
+    int64_t always_emitted, static_emitted, exact_exits, exact_exit_changed;
 } eevpi_counts;
 
 struct eevp_ctx {
@@ -30,11 +37,19 @@ struct eevp_ctx {
     const eevp_head *head;
     eevp_ctx_options o;
     int32_t p;          /* pruning layer */
-    int32_t k;          /* pruned set size, 0 when pruning is off */
+    int32_t k;          /* dynamic top-K (fixed, or the adaptive maximum); 0: none */
+    int32_t kmax;       /* largest set a sequence can hold; 0: pruning off */
     int32_t criterion;  /* eevp_criterion */
     int32_t needs;      /* EEVP_NEEDS_* of the criterion in use */
     eevp_criterion_vtbl user;
     void *user_state;
+
+    /* Candidate-set policies: sorted, de-duplicated, inside the head. */
+    int32_t n_always, n_static;
+    int32_t *always, *statics;
+    int32_t shared_n;       /* EEVP_STATIC_ONLY: the one set, gathered once */
+    int32_t *shared_ids;
+    float *shared_rows, *shared_bias;
 
     /* step */
     int32_t active, n_seq, last_layer, busy;
@@ -48,16 +63,18 @@ struct eevp_ctx {
     void *block;
     int64_t bytes;        /* everything allocated */
     float *logits;        /* max_batch slots x V */
-    int32_t *set;         /* max_batch x K global ids */
-    float *rows;          /* max_batch x K x d gathered rows */
-    float *set_bias;      /* max_batch x K, NULL without a logit bias */
+    int32_t *set;         /* max_batch x kmax global ids */
+    float *rows;          /* max_batch x kmax x d gathered rows */
+    float *set_bias;      /* max_batch x kmax, NULL without a logit bias */
     float *prev_hidden;   /* max_batch x d */
     float *prev_dist;     /* max_batch x dist_len, JS only */
     int64_t dist_len;
     float *xn;            /* max_batch x d normalised rows */
     int32_t *iota;        /* V global ids */
     eevpi_pair *pairs;    /* max(V, max_batch): top-K, sorting and other scratch */
+    unsigned char *mark;  /* V: set membership scratch, all zero between uses */
     int64_t *hist;        /* n_layers committed */
+    int64_t *size_hist, *size_hist_pending; /* kmax + 1 each */
 
     eevpi_counts stats, pending;
     char msg[EEVPI_MSG_SIZE];
@@ -73,6 +90,12 @@ int eevpi_ctx_fail(eevp_ctx *ctx, int code, const char *fmt, ...)
 int eevpi_ctx_enter(eevp_ctx *ctx);
 int eevpi_ctx_is_checked(const eevp_ctx *ctx, int32_t layer);
 int eevpi_ctx_required(const eevp_ctx *ctx, int32_t layer);
+/* 1 when `layer` re-prunes (a checked layer after p, not the last). */
+int eevpi_ctx_reprunes(const eevp_ctx *ctx, int32_t layer);
+/* 1 when pruning is active: a logits criterion and a set to hold. */
+int eevpi_ctx_pruning(const eevp_ctx *ctx);
 float eevpi_ctx_lambda(const eevp_ctx *ctx, int32_t t);
+/* Binary search in a sorted id list. */
+int eevpi_contains(const int32_t *ids, int32_t n, int32_t id);
 
 #endif

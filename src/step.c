@@ -11,6 +11,12 @@ static int running(const eevpi_seq *q)
     return q->res.reason == EEVP_REASON_RUNNING;
 }
 
+static void clear_pending(eevp_ctx *ctx)
+{
+    memset(&ctx->pending, 0, sizeof ctx->pending);
+    memset(ctx->size_hist_pending, 0, (size_t)(ctx->kmax + 1) * sizeof(int64_t));
+}
+
 EEVP_API int eevp_step_begin(eevp_ctx *ctx, int32_t n_seq, const int32_t *positions)
 {
     int32_t s;
@@ -30,7 +36,7 @@ EEVP_API int eevp_step_begin(eevp_ctx *ctx, int32_t n_seq, const int32_t *positi
     ctx->active = 1;
     ctx->n_seq = n_seq;
     ctx->last_layer = -1;
-    memset(&ctx->pending, 0, sizeof ctx->pending);
+    clear_pending(ctx);
     for (s = 0; s < ctx->o.max_batch; s++)
         ctx->slot_owner[s] = -1;
     for (s = 0; s < n_seq; s++) {
@@ -44,8 +50,20 @@ EEVP_API int eevp_step_begin(eevp_ctx *ctx, int32_t n_seq, const int32_t *positi
         q->res.confidence = NAN;
         q->position = positions ? positions[s] : 0;
         q->res.threshold = eevpi_ctx_lambda(ctx, q->position);
+        q->res.pruned_token = -1;
         q->slot = -1;
         q->last_top1 = -1;
+        if (ctx->shared_n > 0 && eevpi_ctx_pruning(ctx)) {
+            /* EEVP_STATIC_ONLY: the one set, gathered at creation. */
+            q->has_set = 1;
+            q->set_n = ctx->shared_n;
+            q->set_ids = ctx->shared_ids;
+            q->set_rows = ctx->shared_rows;
+            q->set_bias = ctx->head->bias ? ctx->shared_bias : NULL;
+            ctx->pending.pruned_sets++;
+            ctx->pending.set_size_sum += q->set_n;
+            ctx->size_hist_pending[q->set_n]++;
+        }
     }
     if (ctx->criterion == EEVP_CRITERION_CUSTOM && ctx->user.reset) {
         ctx->busy = 1;
@@ -92,9 +110,20 @@ EEVP_API int eevp_step_end(eevp_ctx *ctx)
         st->reached_last += r->reason == EEVP_REASON_LAST_LAYER;
         st->failed += r->reason == EEVP_REASON_ERROR;
         st->pruned_decisions += r->reason != EEVP_REASON_ERROR && r->pruned;
-        if (r->reason != EEVP_REASON_ERROR)
+        if (r->reason != EEVP_REASON_ERROR) {
             ctx->hist[r->layer]++;
+            st->always_emitted += eevpi_contains(ctx->always, ctx->n_always, r->token);
+            st->static_emitted += eevpi_contains(ctx->statics, ctx->n_static, r->token);
+        }
     }
+    for (s = 0; s <= ctx->kmax; s++)
+        ctx->size_hist[s] += ctx->size_hist_pending[s];
+    st->pruned_sets += pd->pruned_sets;
+    st->set_size_sum += pd->set_size_sum;
+    st->reprunes += pd->reprunes;
+    st->reprune_changed += pd->reprune_changed;
+    st->exact_exits += pd->exact_exits;
+    st->exact_exit_changed += pd->exact_exit_changed;
     st->checks += pd->checks;
     st->cov_hits += pd->cov_hits;
     st->cov_total += pd->cov_total;
@@ -102,7 +131,7 @@ EEVP_API int eevp_step_end(eevp_ctx *ctx)
     st->flops_base += pd->flops_base;
     st->bytes += pd->bytes;
     st->bytes_base += pd->bytes_base;
-    memset(pd, 0, sizeof *pd);
+    clear_pending(ctx);
     ctx->active = 0;
     return EEVP_OK;
 }
@@ -116,7 +145,7 @@ EEVP_API int eevp_step_abandon(eevp_ctx *ctx)
         return EEVP_OK; /* an ended step's results stay readable */
     ctx->active = 0;
     ctx->n_seq = 0;
-    memset(&ctx->pending, 0, sizeof ctx->pending);
+    clear_pending(ctx);
     return EEVP_OK;
 }
 
@@ -148,6 +177,8 @@ static void resolve(eevp_ctx *ctx, int32_t s, int32_t reason, int32_t token, int
     q->res.layer = layer;
     q->res.pruned = pruned;
     q->res.confidence = (float)conf;
+    q->res.pruned_token = pruned ? token : -1;
+    q->res.set_size = q->has_set ? q->set_n : 0;
     q->cand_full = cand_full;
     q->cand_n = cand_n;
 }
@@ -231,7 +262,13 @@ static void project_full(eevp_ctx *ctx, const int32_t *list, const int32_t *xrow
         q->slot = i;
         ctx->slot_owner[i] = list[i];
     }
-    eevpi_head_project(ctx->head, m, ctx->xn, ctx->logits, V);
+    if (ctx->o.flags & EEVP_CTX_BATCH_INVARIANT) {
+        /* One row at a time: the same reduction order whatever the batch. */
+        for (i = 0; i < m; i++)
+            eevpi_head_project(ctx->head, 1, ctx->xn + i * d, slot_logits(ctx, i), V);
+    } else {
+        eevpi_head_project(ctx->head, m, ctx->xn, ctx->logits, V);
+    }
     count_projection(ctx, (int64_t)m * V);
 }
 
@@ -245,12 +282,24 @@ typedef struct check {
 /* Restrict full-vocabulary logits to the sequence's pruned set. */
 static const float *restrict_to_set(eevp_ctx *ctx, int32_t s, const float *z)
 {
+    const eevpi_seq *q = &ctx->seq[s];
     float *out = (float *)ctx->pairs;
-    const int32_t *set = ctx->set + (int64_t)s * ctx->k;
     int32_t j;
-    for (j = 0; j < ctx->k; j++)
-        out[j] = z[set[j] - ctx->head->offset];
+    for (j = 0; j < q->set_n; j++)
+        out[j] = z[q->set_ids[j] - ctx->head->offset];
     return out;
+}
+
+/* Store P over the sequence's set, from full-vocabulary logits, as the
+ * distribution the next JS check compares against. */
+static void remember_set_dist(eevp_ctx *ctx, int32_t s, const float *z)
+{
+    eevpi_seq *q = &ctx->seq[s];
+    eevpi_dist dist;
+    const float *zs = restrict_to_set(ctx, s, z);
+    eevpi_dist_scan(zs, q->set_ids, 0, q->set_n, 1, &dist);
+    eevpi_softmax(zs, &dist, ctx->prev_dist + (int64_t)s * ctx->dist_len);
+    q->has_prev_p = 1;
 }
 
 static int call_user(eevp_ctx *ctx, const eevp_exit_view *v, check *c)
@@ -322,16 +371,16 @@ static int check_logits(eevp_ctx *ctx, int32_t s, int32_t layer, const float *h,
         break;
     case EEVP_CRITERION_JS: {
         float *prev = ctx->prev_dist + (int64_t)s * ctx->dist_len;
-        if (ctx->k > 0 && !pruned && !full_with_set) {
+        if (eevpi_ctx_pruning(ctx) && !pruned && !full_with_set) {
             /* At the pruning layer: first check, the set does not exist yet;
-             * prune() stores P_p over the set afterwards. */
+             * the set's distribution is stored once it does. */
             c->conf = 0.0;
             break;
         }
         if (full_with_set) {
             z = restrict_to_set(ctx, s, z);
-            n = ctx->k;
-            eevpi_dist_scan(z, ctx->set + (int64_t)s * ctx->k, 0, n, 1, &dist);
+            n = q->set_n;
+            eevpi_dist_scan(z, q->set_ids, 0, n, 1, &dist);
         }
         c->conf = q->has_prev_p ? eevpi_conf_js(prev, z, &dist) : 0.0;
         eevpi_softmax(z, &dist, prev);
@@ -384,124 +433,235 @@ static void remember_hidden(eevp_ctx *ctx, int32_t s, const float *h)
     }
 }
 
-/* Keep the top-K of the full logits and gather their rows. */
-static int prune(eevp_ctx *ctx, int32_t s, const float *z)
+/* Size of the dynamic part under adaptive K: the smallest prefix of the
+ * sorted top-k holding `mass` of the full softmax, within [k_min, k]. */
+static int32_t adaptive_k(const eevp_ctx *ctx, const float *z, const int32_t *top)
+{
+    const int64_t V = ctx->head->V, off = ctx->head->offset;
+    const double zmax = z[top[0] - off];
+    double total = 0.0, cum = 0.0;
+    int64_t v;
+    int32_t j;
+    for (v = 0; v < V; v++)
+        total += exp((double)z[v] - zmax);
+    for (j = 0; j < ctx->k; j++) {
+        cum += exp((double)z[top[j] - off] - zmax);
+        if (j + 1 >= ctx->o.k_min && cum >= ctx->o.adaptive_mass * total)
+            return j + 1;
+    }
+    return ctx->k;
+}
+
+/* Build sequence s's pruned set from full logits z: the top-K (or the
+ * adaptive prefix), the static list under EEVP_STATIC_UNION and the
+ * always-included ids, without duplicates, in the order of z; then gather
+ * its rows.  A rebuild (re-pruning) counts whether the set changed. */
+static int build_set(eevp_ctx *ctx, int32_t s, const float *z)
 {
     const eevp_head *h = ctx->head;
-    const int64_t K = ctx->k;
-    int32_t *set = ctx->set + s * K;
-    int rc = eevpi_topk(h->kern, z, h->V, ctx->k, h->offset, set, NULL, ctx->pairs);
-    if (rc != EEVP_OK)
+    eevpi_seq *q = &ctx->seq[s];
+    int32_t *ids = ctx->set + (int64_t)s * ctx->kmax;
+    const int rebuild = q->has_set;
+    int32_t n, n_dyn, j, old_n = q->set_n;
+    unsigned char *mark = ctx->mark;
+    int rc;
+
+    if (rebuild)
+        for (j = 0; j < old_n; j++)
+            mark[ids[j] - h->offset] = 2;
+    rc = eevpi_topk(h->kern, z, h->V, ctx->k, h->offset, ids, NULL, ctx->pairs);
+    if (rc != EEVP_OK) {
+        if (rebuild)
+            memset(mark, 0, (size_t)h->V);
         return rc;
-    eevpi_head_gather(h, set, ctx->k, ctx->rows + s * K * h->d, h->d,
-                      ctx->set_bias ? ctx->set_bias + s * K : NULL);
-    ctx->pending.bytes += 4 * K * h->d;
-    ctx->seq[s].has_set = 1;
+    }
+    n = n_dyn = ctx->o.adaptive_mass > 0.0f ? adaptive_k(ctx, z, ids) : ctx->k;
+    for (j = 0; j < n; j++)
+        mark[ids[j] - h->offset] |= 1;
+    for (j = 0; j < ctx->n_static; j++)
+        if (!(mark[ctx->statics[j] - h->offset] & 1)) {
+            mark[ctx->statics[j] - h->offset] |= 1;
+            ids[n++] = ctx->statics[j];
+        }
+    for (j = 0; j < ctx->n_always; j++)
+        if (!(mark[ctx->always[j] - h->offset] & 1)) {
+            mark[ctx->always[j] - h->offset] |= 1;
+            ids[n++] = ctx->always[j];
+        }
+    if (rebuild) {
+        int32_t same = 0;
+        for (j = 0; j < n; j++)
+            same += mark[ids[j] - h->offset] == 3;
+        ctx->pending.reprunes++;
+        ctx->pending.reprune_changed += !(same == n && n == old_n);
+        memset(mark, 0, (size_t)h->V);
+    } else {
+        for (j = 0; j < n; j++)
+            mark[ids[j] - h->offset] = 0;
+    }
+    if (n > n_dyn) {
+        /* Joined ids go into the order of z too. */
+        for (j = 0; j < n; j++) {
+            ctx->pairs[j].v = z[ids[j] - h->offset];
+            ctx->pairs[j].i = ids[j];
+        }
+        eevpi_select_sorted(ctx->pairs, n, n);
+        for (j = 0; j < n; j++)
+            ids[j] = ctx->pairs[j].i;
+    }
+    {
+        float *rows = ctx->rows + (int64_t)s * ctx->kmax * h->d;
+        float *bias = ctx->set_bias ? ctx->set_bias + (int64_t)s * ctx->kmax : NULL;
+        eevpi_head_gather(h, ids, n, rows, h->d, bias);
+        q->set_rows = rows;
+        q->set_bias = bias;
+    }
+    q->set_ids = ids;
+    q->set_n = n;
+    q->has_set = 1;
+    ctx->pending.bytes += 4 * (int64_t)n * h->d;
+    ctx->pending.pruned_sets++;
+    ctx->pending.set_size_sum += n;
+    ctx->size_hist_pending[n]++;
     return EEVP_OK;
 }
 
-static int in_set(const eevp_ctx *ctx, int32_t s, int32_t token)
+static int in_set(const eevpi_seq *q, int32_t token)
 {
-    const int32_t *set = ctx->set + (int64_t)s * ctx->k;
     int32_t j;
-    for (j = 0; j < ctx->k; j++)
-        if (set[j] == token)
+    for (j = 0; j < q->set_n; j++)
+        if (q->set_ids[j] == token)
             return 1;
     return 0;
 }
 
-/* Checks on logits: the layer is either a full-vocabulary one for every
- * running sequence or a pruned one for every running sequence. */
-static void layer_logits(eevp_ctx *ctx, int32_t layer, int32_t m, const int32_t *list,
-                         const float *const *hrow, int *first)
+/* Full-vocabulary layer: the pruning layer, a re-pruning layer, the last
+ * layer under EEVP_FINAL_FULL, or any checked layer without pruning. */
+static void layer_full(eevp_ctx *ctx, int32_t layer, int32_t m, const int32_t *list,
+                       const float *const *hrow, int *first)
 {
     const eevp_head *h = ctx->head;
     const int last = layer == ctx->o.n_layers - 1;
     const int checked = eevpi_ctx_is_checked(ctx, layer);
-    const int pruning = ctx->k > 0;
-    int full, any_set = 0;
+    const int builds = eevpi_ctx_pruning(ctx) && ctx->k > 0 &&
+                       (layer == ctx->p || eevpi_ctx_reprunes(ctx, layer));
+    int32_t *xrow = ctx->row_of_seq; /* identity: xn rows match the list */
     int32_t i;
     check c;
 
     for (i = 0; i < m; i++)
-        any_set |= ctx->seq[list[i]].has_set;
-    full = !pruning || layer == ctx->p || (last && ctx->o.final_policy == EEVP_FINAL_FULL) ||
-           !any_set;
-
-    if (full) {
-        /* xn rows 0..m-1 already match list order. */
-        int32_t *xrow = ctx->row_of_seq; /* identity, reused as scratch */
-        for (i = 0; i < m; i++)
-            xrow[i] = i;
-        project_full(ctx, list, xrow, m);
-        for (i = 0; i < m; i++) {
-            const int32_t s = list[i];
-            eevpi_seq *q = &ctx->seq[s];
-            const float *z = slot_logits(ctx, q->slot);
-            int rc;
-            if (checked) {
-                rc = check_logits(ctx, s, layer, hrow[i], z, NULL, (int32_t)h->V, 0,
-                                  q->has_set, &c);
-                if (rc != EEVP_OK) {
-                    fail_seq(ctx, s, layer, rc, first);
-                    continue;
-                }
-                remember_hidden(ctx, s, hrow[i]);
-                if (last) {
-                    if (q->has_set) {
-                        ctx->pending.cov_total++;
-                        ctx->pending.cov_hits += in_set(ctx, s, c.token);
-                    }
-                    resolve(ctx, s, EEVP_REASON_LAST_LAYER, c.token, layer, 0, c.conf, 1,
-                            (int32_t)h->V);
-                    continue;
-                }
-                if (c.exit) {
-                    resolve(ctx, s, EEVP_REASON_CONFIDENT, c.token, layer, 0, c.conf, 1,
-                            (int32_t)h->V);
-                    continue;
-                }
+        xrow[i] = i;
+    project_full(ctx, list, xrow, m);
+    for (i = 0; i < m; i++) {
+        const int32_t s = list[i];
+        eevpi_seq *q = &ctx->seq[s];
+        const float *z = slot_logits(ctx, q->slot);
+        int rc;
+        if (checked) {
+            rc = check_logits(ctx, s, layer, hrow[i], z, NULL, (int32_t)h->V, 0, q->has_set,
+                              &c);
+            if (rc != EEVP_OK) {
+                fail_seq(ctx, s, layer, rc, first);
+                continue;
             }
-            if (pruning && layer == ctx->p) {
-                if ((rc = prune(ctx, s, z)) != EEVP_OK) {
-                    fail_seq(ctx, s, layer, rc, first);
-                    continue;
+            remember_hidden(ctx, s, hrow[i]);
+            if (last) {
+                if (q->has_set) {
+                    ctx->pending.cov_total++;
+                    ctx->pending.cov_hits += in_set(q, c.token);
                 }
-                if (ctx->criterion == EEVP_CRITERION_JS && checked) {
-                    /* The next check compares against P_p over the set. */
-                    eevpi_dist dist;
-                    const float *zs = restrict_to_set(ctx, s, z);
-                    eevpi_dist_scan(zs, ctx->set + (int64_t)s * ctx->k, 0, ctx->k, 1, &dist);
-                    eevpi_softmax(zs, &dist, ctx->prev_dist + (int64_t)s * ctx->dist_len);
-                    q->has_prev_p = 1;
-                }
+                resolve(ctx, s, EEVP_REASON_LAST_LAYER, c.token, layer, 0, c.conf, 1,
+                        (int32_t)h->V);
+                continue;
+            }
+            if (c.exit) {
+                resolve(ctx, s, EEVP_REASON_CONFIDENT, c.token, layer, 0, c.conf, 1,
+                        (int32_t)h->V);
+                continue;
             }
         }
-        return;
+        if (builds && (rc = build_set(ctx, s, z)) != EEVP_OK) {
+            fail_seq(ctx, s, layer, rc, first);
+            continue;
+        }
+        /* The next JS check compares against this layer over the set. */
+        if (ctx->criterion == EEVP_CRITERION_JS && checked && q->has_set)
+            remember_set_dist(ctx, s, z);
     }
+}
+
+/* Pruned layer: one GEMV per sequence on its gathered rows. */
+static void layer_pruned(eevp_ctx *ctx, int32_t layer, int32_t m, int32_t *list,
+                         const float *const *hrow, int *first)
+{
+    const eevp_head *h = ctx->head;
+    const int last = layer == ctx->o.n_layers - 1;
+    const int exact = (ctx->o.flags & EEVP_CTX_EXACT_EXIT) && !last;
+    int32_t *xrow = ctx->row_of_seq;
+    int32_t i, n_exact = 0;
+    check c;
 
     for (i = 0; i < m; i++) {
         const int32_t s = list[i];
         eevpi_seq *q = &ctx->seq[s];
-        const int32_t *set = ctx->set + (int64_t)s * ctx->k;
         float *z;
         int rc;
         ensure_slot(ctx, s);
         z = slot_logits(ctx, q->slot);
-        eevpi_head_project_rows(h, ctx->k, ctx->rows + (int64_t)s * ctx->k * h->d, h->d,
-                                ctx->set_bias ? ctx->set_bias + (int64_t)s * ctx->k : NULL,
+        eevpi_head_project_rows(h, q->set_n, q->set_rows, h->d, q->set_bias,
                                 ctx->xn + (int64_t)i * h->d, z);
-        count_projection(ctx, ctx->k);
-        rc = check_logits(ctx, s, layer, hrow[i], z, set, ctx->k, 1, 0, &c);
+        count_projection(ctx, q->set_n);
+        rc = check_logits(ctx, s, layer, hrow[i], z, q->set_ids, q->set_n, 1, 0, &c);
         if (rc != EEVP_OK) {
             fail_seq(ctx, s, layer, rc, first);
             continue;
         }
         remember_hidden(ctx, s, hrow[i]);
-        if (last || c.exit)
+        if (last || c.exit) {
             resolve(ctx, s, last ? EEVP_REASON_LAST_LAYER : EEVP_REASON_CONFIDENT, c.token,
-                    layer, 1, c.conf, 0, ctx->k);
+                    layer, 1, c.conf, 0, q->set_n);
+            if (exact && c.exit) {
+                xrow[n_exact] = i;
+                list[n_exact++] = s;
+            }
+        }
     }
+    if (n_exact == 0)
+        return;
+    /* Exact-token exits: the full head once for the sequences that exited. */
+    project_full(ctx, list, xrow, n_exact);
+    for (i = 0; i < n_exact; i++) {
+        eevpi_seq *q = &ctx->seq[list[i]];
+        eevpi_dist dist;
+        if (eevpi_dist_scan(slot_logits(ctx, q->slot), NULL, (int32_t)h->offset,
+                            (int32_t)h->V, 0, &dist) != EEVP_OK) {
+            fail_seq(ctx, list[i], layer, EEVP_ENONFINITE, first);
+            continue;
+        }
+        q->res.token = (int32_t)h->offset + dist.top1;
+        q->cand_full = 1;
+        q->cand_n = (int32_t)h->V;
+        ctx->pending.exact_exits++;
+        ctx->pending.exact_exit_changed += q->res.token != q->res.pruned_token;
+    }
+}
+
+/* Checks on logits: every running sequence is on the same footing at a
+ * given layer (all full-vocabulary, or all pruned). */
+static void layer_logits(eevp_ctx *ctx, int32_t layer, int32_t m, int32_t *list,
+                         const float *const *hrow, int *first)
+{
+    const int last = layer == ctx->o.n_layers - 1;
+    int any_set = 0, full;
+    int32_t i;
+    for (i = 0; i < m; i++)
+        any_set |= ctx->seq[list[i]].has_set;
+    full = !any_set || layer == ctx->p || eevpi_ctx_reprunes(ctx, layer) ||
+           (last && ctx->o.final_policy == EEVP_FINAL_FULL);
+    if (full)
+        layer_full(ctx, layer, m, list, hrow, first);
+    else
+        layer_pruned(ctx, layer, m, list, hrow, first);
 }
 
 /* Checks without logits: decide first, then one full projection for the
@@ -684,7 +844,7 @@ EEVP_API int eevp_step_candidates(eevp_ctx *ctx, int32_t seq, int32_t capacity, 
     n = q->cand_n;
     for (j = 0; j < n; j++) {
         ctx->pairs[j].v = z[j];
-        ctx->pairs[j].i = q->cand_full ? ctx->iota[j] : ctx->set[(int64_t)seq * ctx->k + j];
+        ctx->pairs[j].i = q->cand_full ? ctx->iota[j] : q->set_ids[j];
     }
     m = capacity < n ? capacity : n;
     eevpi_select_sorted(ctx->pairs, n, m);
