@@ -14,12 +14,11 @@ includedir ?= $(prefix)/include
 DESTDIR ?=
 
 CC ?= cc
-# Debian's default python3 has no numpy; later issues name this one.
 PKG_CONFIG ?= pkg-config
 
 # Debian packages the build and the tests need; `make deps` installs the
 # missing ones.
-DEB_PACKAGES := libopenblas-dev check pkg-config
+DEB_PACKAGES := libopenblas-dev check pkg-config python3-numpy g++
 
 BLAS_CFLAGS = $(shell $(PKG_CONFIG) --cflags openblas 2>/dev/null)
 BLAS_LIBS = $(shell $(PKG_CONFIG) --libs openblas 2>/dev/null || echo -lopenblas)
@@ -95,6 +94,7 @@ check: deps
 	$(MAKE) all tests/check_eevp
 	CK_DEFAULT_TIMEOUT=$${CK_DEFAULT_TIMEOUT:-60} tests/check_eevp
 	sh tests/check_symbols.sh
+	$(MAKE) check-python check-examples
 
 # The same suites with the library and the tests built under ASan and UBSan,
 # linked statically so that the instrumented objects are the ones tested.
@@ -106,7 +106,7 @@ check-asan: deps
 	  CK_DEFAULT_TIMEOUT=600 build/asan/check_eevp
 
 # ---- examples ---------------------------------------------------------------
-EXAMPLES := examples/demo examples/hello
+EXAMPLES := examples/demo examples/hello examples/minimal examples/custom_criterion
 
 examples/%: examples/%.c include/eevp.h $(SHARED) lib/libeevp.so
 	$(CC) $(ALL_CFLAGS) -o $@ $< -Llib -leevp -Wl,-rpath,'$$ORIGIN/../lib' -lm
@@ -116,6 +116,66 @@ examples: $(EXAMPLES)
 demo: deps
 	$(MAKE) all examples/demo
 	examples/demo
+
+# ---- python and examples (issue 3) -------------------------------------------
+# The Python binding (src/python/eevp, ctypes only) is tested under Debian's
+# /usr/bin/python3, which has python3-numpy and must run the numpy
+# cross-checks (EEVP_REQUIRE_NUMPY), and under the default python3, which may
+# lack numpy: the numpy tests are then reported as skipped.
+PYTHON ?= /usr/bin/python3
+PYTHON_TEST_ENV = PYTHONPATH=$(CURDIR)/src/python EEVP_LIBRARY=$(CURDIR)/lib/$(SONAME)
+PYTHON_UNITTEST = -m unittest discover -s tests/python -p 'test_*.py'
+# Where install puts the eevp package: the first of
+# $(prefix)/lib/python3/dist-packages and $(prefix)/lib/python3.X/dist-packages
+# on $(PYTHON)'s path (Debian's layout: /usr, /usr/local), else
+# $(prefix)/lib/python3.X/site-packages (then add it to PYTHONPATH).
+PYTHON_SITEDIR ?= $(shell $(PYTHON) -c 'import sys, site; p = sys.argv[1].rstrip("/"); \
+  v = "python%d.%d" % sys.version_info[:2]; \
+  c = [p + "/lib/python3/dist-packages", p + "/lib/" + v + "/dist-packages", p + "/lib/" + v + "/site-packages"]; \
+  s = set(sys.path) | set(site.getsitepackages()) | {site.getusersitepackages()}; \
+  print(next((d for d in c if d in s), c[-1]))' '$(prefix)' 2>/dev/null \
+  || echo '$(prefix)/lib/python3/dist-packages')
+# The C++ example is built from a staged install, as a user would build it.
+EXAMPLE_DESTDIR = $(CURDIR)/build/example-install
+
+.PHONY: check-python check-examples install-python uninstall-python
+
+check-python: all
+	$(PYTHON_TEST_ENV) EEVP_REQUIRE_NUMPY=1 $(PYTHON) $(PYTHON_UNITTEST)
+	$(PYTHON_TEST_ENV) python3 $(PYTHON_UNITTEST)
+
+check-examples: all examples
+	examples/hello
+	examples/minimal
+	examples/custom_criterion
+	$(PYTHON_TEST_ENV) $(PYTHON) examples/python_demo.py
+	rm -rf $(EXAMPLE_DESTDIR)
+	$(MAKE) install DESTDIR=$(EXAMPLE_DESTDIR)
+	PKG_CONFIG_PATH=$(EXAMPLE_DESTDIR)$(libdir)/pkgconfig PKG_CONFIG_SYSROOT_DIR=$(EXAMPLE_DESTDIR) \
+	  sh -c '$(CXX) -std=c++17 -Wall -Wextra -o $(EXAMPLE_DESTDIR)/cpp_pkgconfig \
+	  examples/cpp_pkgconfig.cpp $$($(PKG_CONFIG) --cflags --libs eevp)'
+	LD_LIBRARY_PATH=$(EXAMPLE_DESTDIR)$(libdir) $(EXAMPLE_DESTDIR)/cpp_pkgconfig
+	cd / && env -u EEVP_LIBRARY LD_LIBRARY_PATH=$(EXAMPLE_DESTDIR)$(libdir) \
+	  PYTHONPATH=$(EXAMPLE_DESTDIR)$(PYTHON_SITEDIR) $(PYTHON) -c 'import eevp; \
+	  print("installed eevp", eevp.__version__, "from", eevp.__file__, "on", eevp.library_path())'
+
+# `make install` also installs the module; the installed copy looks for the
+# library in $(libdir) before the loader path.
+install: install-python
+uninstall: uninstall-python
+
+install-python:
+	@test -n "$(PYTHON_SITEDIR)" || { echo "PYTHON_SITEDIR is empty"; exit 1; }
+	install -d $(DESTDIR)$(PYTHON_SITEDIR)/eevp
+	sed -e "s|^_INSTALL_LIBDIR = None$$|_INSTALL_LIBDIR = '$(libdir)'|" \
+	  src/python/eevp/__init__.py > $(DESTDIR)$(PYTHON_SITEDIR)/eevp/__init__.py
+	chmod 644 $(DESTDIR)$(PYTHON_SITEDIR)/eevp/__init__.py
+
+uninstall-python:
+	@test -n "$(PYTHON_SITEDIR)" || { echo "PYTHON_SITEDIR is empty"; exit 1; }
+	rm -f $(DESTDIR)$(PYTHON_SITEDIR)/eevp/__init__.py
+	rm -rf $(DESTDIR)$(PYTHON_SITEDIR)/eevp/__pycache__
+	-rmdir $(DESTDIR)$(PYTHON_SITEDIR)/eevp 2>/dev/null
 
 # ---- install ----------------------------------------------------------------
 install: all
