@@ -8,10 +8,13 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define CTX_OPTIONS_V1 sizeof(eevp_ctx_options)
-#define VTBL_V1 sizeof(eevp_criterion_vtbl)
-#define RESULT_V1 sizeof(eevp_result)
-#define STATS_V1 sizeof(eevp_stats)
+/* The first published (1.0) layouts end at these members: a caller's
+ * struct_size must cover at least that much, whatever is appended later. */
+#define END_OF(type, member) (offsetof(type, member) + sizeof(((type *)0)->member))
+#define CTX_OPTIONS_V1 END_OF(eevp_ctx_options, k_min)
+#define VTBL_V1 END_OF(eevp_criterion_vtbl, destroy)
+#define RESULT_V1 END_OF(eevp_result, set_size)
+#define STATS_V1 END_OF(eevp_stats, exact_exit_changed)
 
 EEVP_API int eevp_ctx_options_init(eevp_ctx_options *opts)
 {
@@ -61,20 +64,15 @@ static int read_options(eevp_ctx_options *o, const eevp_head *head,
                   "with a zero tail", (unsigned)opts->struct_size, (unsigned)sizeof *o);
         return rc;
     }
-#define RANGE(cond, ...)                          \
+#define CHECK(cond, code, ...)                    \
     do {                                          \
         if (!(cond)) {                            \
             eevpi_msg(msg, msg_size, __VA_ARGS__); \
-            return EEVP_ERANGE;                   \
+            return code;                          \
         }                                         \
     } while (0)
-#define ENUM(cond, ...)                           \
-    do {                                          \
-        if (!(cond)) {                            \
-            eevpi_msg(msg, msg_size, __VA_ARGS__); \
-            return EEVP_EINVAL;                   \
-        }                                         \
-    } while (0)
+#define RANGE(cond, ...) CHECK(cond, EEVP_ERANGE, __VA_ARGS__)
+#define ENUM(cond, ...) CHECK(cond, EEVP_EINVAL, __VA_ARGS__)
     RANGE(o->n_layers >= 1 && o->n_layers <= EEVP_MAX_LAYERS, "n_layers %d outside 1..%d",
           (int)o->n_layers, EEVP_MAX_LAYERS);
     RANGE(o->max_batch >= 1 && o->max_batch <= EEVP_MAX_BATCH, "max_batch %d outside 1..%d",
@@ -132,6 +130,7 @@ static int read_options(eevp_ctx_options *o, const eevp_head *head,
          "re-pruning and adaptive K need a dynamic top-K (not EEVP_STATIC_ONLY)");
 #undef RANGE
 #undef ENUM
+#undef CHECK
     if (o->allocator && (!o->allocator->alloc) != (!o->allocator->free)) {
         eevpi_msg(msg, msg_size, "allocator: alloc and free must be both set or both NULL");
         return EEVP_EINVAL;

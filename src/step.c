@@ -219,7 +219,8 @@ static int32_t free_slot(const eevp_ctx *ctx, int32_t from)
         if (o < 0 || o >= ctx->n_seq || running(&ctx->seq[o]))
             return f;
     }
-    return -1; /* unreachable: max_batch slots for at most n_seq owners */
+    return -1; /* unreachable: max_batch slots, and the m sequences being
+                  projected own none of those beyond m that are taken */
 }
 
 static void ensure_slot(eevp_ctx *ctx, int32_t s)
@@ -628,7 +629,15 @@ static void layer_pruned(eevp_ctx *ctx, int32_t layer, int32_t m, int32_t *list,
     }
     if (n_exact == 0)
         return;
-    /* Exact-token exits: the full head once for the sequences that exited. */
+    /* Exact-token exits: the full head once for the sequences that exited.
+     * Their pruned logits are no longer wanted: release their slots so that
+     * project_full does not try to keep them. */
+    for (i = 0; i < n_exact; i++) {
+        eevpi_seq *q = &ctx->seq[list[i]];
+        if (slot_valid(ctx, list[i]))
+            ctx->slot_owner[q->slot] = -1;
+        q->slot = -1;
+    }
     project_full(ctx, list, xrow, n_exact);
     for (i = 0; i < n_exact; i++) {
         eevpi_seq *q = &ctx->seq[list[i]];
