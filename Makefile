@@ -18,7 +18,8 @@ PKG_CONFIG ?= pkg-config
 
 # Debian packages the build and the tests need; `make deps` installs the
 # missing ones.
-DEB_PACKAGES := libopenblas-dev check pkg-config python3-numpy g++
+DEB_PACKAGES := libopenblas-dev check pkg-config python3-numpy g++ clang libfuzzer-14-dev \
+  libclang-rt-14-dev valgrind abi-dumper abi-compliance-checker
 
 BLAS_CFLAGS = $(shell $(PKG_CONFIG) --cflags openblas 2>/dev/null)
 BLAS_LIBS = $(shell $(PKG_CONFIG) --libs openblas 2>/dev/null || echo -lopenblas)
@@ -94,7 +95,7 @@ check: deps
 	$(MAKE) all tests/check_eevp
 	CK_DEFAULT_TIMEOUT=$${CK_DEFAULT_TIMEOUT:-60} tests/check_eevp
 	sh tests/check_symbols.sh
-	$(MAKE) check-python check-examples
+	$(MAKE) check-reliability check-python check-examples
 
 # The same suites with the library and the tests built under ASan and UBSan,
 # linked statically so that the instrumented objects are the ones tested.
@@ -116,6 +117,162 @@ examples: $(EXAMPLES)
 demo: deps
 	$(MAKE) all examples/demo
 	examples/demo
+
+# ---- reliability (issue 6) --------------------------------------------------
+# Fuzzing (libFuzzer, clang, ASan+UBSan), the regression-corpus replay that
+# `make check` runs without libFuzzer, ThreadSanitizer, valgrind and the ABI
+# gate.  docs/RELIABILITY.md describes each and its figures.
+FUZZ_CC ?= clang
+FUZZ_SECONDS ?= 60
+FUZZ_SEED ?= 1
+# The demo runtime's checkpoint loader joins when it is in the tree.
+FUZZ_TARGETS := api options kernels $(if $(wildcard examples/tinylm/ckpt.c),tinylm)
+FUZZ_FLAGS := -g -O1 -fno-omit-frame-pointer -fsanitize=fuzzer,address,undefined \
+  -fno-sanitize-recover=undefined
+FUZZ_DEPS := tests/fuzz/fuzz_common.h $(SRCS) $(wildcard src/*.h) include/eevp.h
+FUZZ_BINS := $(patsubst %,build/fuzz/fuzz_%,$(FUZZ_TARGETS))
+REPLAY_BINS := $(patsubst %,build/fuzz/replay_%,$(FUZZ_TARGETS))
+
+.PHONY: fuzz fuzz-build check-fuzz-replay check-version check-reliability check-tsan \
+  valgrind abi-dump abi-check abi-baseline
+
+build/fuzz:
+	mkdir -p $@
+
+# The library's sources are compiled into each fuzzer so that they carry the
+# coverage instrumentation; OpenBLAS stays Debian's own, uninstrumented.
+build/fuzz/fuzz_%: tests/fuzz/fuzz_%.c $(FUZZ_DEPS) | build/fuzz
+	$(FUZZ_CC) -std=c99 -D_POSIX_C_SOURCE=200809L $(WARN) $(FUZZ_FLAGS) -Iinclude -Isrc \
+	  $(BLAS_CFLAGS) -o $@ $< $(SRCS) $(BLAS_LIBS) -lm
+
+# The checkpoint loader: ckpt.c alone, with Debian's libjansson (not fuzzed).
+JANSSON_CFLAGS = $(shell $(PKG_CONFIG) --cflags jansson 2>/dev/null)
+JANSSON_LIBS = $(shell $(PKG_CONFIG) --libs jansson 2>/dev/null || echo -ljansson)
+TINYLM_CKPT := examples/tinylm/ckpt.c examples/tinylm/tinylm.h
+
+build/fuzz/fuzz_tinylm: tests/fuzz/fuzz_tinylm.c $(TINYLM_CKPT) | build/fuzz
+	$(FUZZ_CC) -std=c99 -D_POSIX_C_SOURCE=200809L $(WARN) $(FUZZ_FLAGS) -Iexamples/tinylm \
+	  $(JANSSON_CFLAGS) -o $@ $< examples/tinylm/ckpt.c $(JANSSON_LIBS) -lm
+
+fuzz-build: $(FUZZ_BINS)
+
+# Each target runs FUZZ_SECONDS from its committed seeds (copied, so the
+# committed corpus only changes on purpose) plus its regression corpus, with
+# a fixed seed.  A crash is copied into tests/fuzz/regress/<target>/, which
+# `make check` replays from then on, and fails the run.
+fuzz: $(FUZZ_BINS)
+	@set -e; for t in $(FUZZ_TARGETS); do \
+	  work=build/fuzz/work/$$t; art=build/fuzz/artifacts/$$t; \
+	  rm -rf $$work $$art; mkdir -p $$work $$art tests/fuzz/regress/$$t; \
+	  cp tests/fuzz/corpus/$$t/* $$work/; \
+	  case $$t in tinylm) len=16384;; *) len=4096;; esac; \
+	  echo "== fuzz_$$t: $(FUZZ_SECONDS) s, seed $(FUZZ_SEED)"; \
+	  if ! OPENBLAS_NUM_THREADS=1 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
+	    UBSAN_OPTIONS=print_stacktrace=1 build/fuzz/fuzz_$$t -seed=$(FUZZ_SEED) \
+	    -max_total_time=$(FUZZ_SECONDS) -max_len=$$len -timeout=20 -rss_limit_mb=2048 \
+	    -print_final_stats=1 -artifact_prefix=$$art/ $$work tests/fuzz/regress/$$t \
+	    > build/fuzz/$$t.log 2>&1; then \
+	    tail -n 60 build/fuzz/$$t.log; \
+	    for a in $$art/*; do [ -f "$$a" ] && cp "$$a" tests/fuzz/regress/$$t/; done; \
+	    echo "fuzz_$$t failed: input(s) saved under tests/fuzz/regress/$$t/"; exit 1; \
+	  fi; \
+	  grep -E '^stat::(number_of_executed_units|average_exec_per_sec|new_units_added|peak_rss_mb)' \
+	    build/fuzz/$$t.log | sed "s/^/  fuzz_$$t /"; \
+	done
+
+# The fuzz targets with a plain main() (tests/fuzz/replay.c) and the shared
+# library: no libFuzzer and no clang needed at run time.
+build/fuzz/replay_%: tests/fuzz/fuzz_%.c tests/fuzz/replay.c tests/fuzz/fuzz_common.h \
+  include/eevp.h $(SHARED) lib/libeevp.so | build/fuzz
+	$(CC) $(ALL_CFLAGS) -o $@ $< tests/fuzz/replay.c -Llib -leevp \
+	  -Wl,-rpath,'$$ORIGIN/../../lib' -lm
+
+build/fuzz/replay_tinylm: tests/fuzz/fuzz_tinylm.c tests/fuzz/replay.c $(TINYLM_CKPT) \
+  | build/fuzz
+	$(CC) $(ALL_CFLAGS) -Iexamples/tinylm $(JANSSON_CFLAGS) -o $@ $< tests/fuzz/replay.c \
+	  examples/tinylm/ckpt.c $(JANSSON_LIBS) -lm
+
+check-fuzz-replay: $(REPLAY_BINS)
+	@set -e; for t in $(FUZZ_TARGETS); do \
+	  dirs=""; for d in tests/fuzz/corpus/$$t tests/fuzz/regress/$$t; do \
+	    [ -d $$d ] && dirs="$$dirs $$d"; done; \
+	  OPENBLAS_NUM_THREADS=1 build/fuzz/replay_$$t $$dirs; \
+	done
+
+# Header macros, SONAME, file names and eevp.pc agree.
+check-version: all
+	sh tests/abi/check_version.sh
+
+check-reliability: check-fuzz-replay check-version
+
+# ThreadSanitizer: the library's sources and each tests/threads/*.c program
+# built with -fsanitize=thread.  OpenBLAS's own worker threads are not
+# instrumented and trip TSan, so they are switched off for the run.
+TSAN_FLAGS := -O1 -g -fno-omit-frame-pointer -fsanitize=thread
+THREAD_TESTS := $(patsubst tests/threads/%.c,build/tsan/%,$(wildcard tests/threads/*.c))
+
+build/tsan/%: tests/threads/%.c $(SRCS) $(wildcard src/*.h) include/eevp.h
+	@mkdir -p build/tsan
+	$(CC) $(ALL_CFLAGS) $(TSAN_FLAGS) -o $@ $< $(SRCS) $(BLAS_LIBS) -lm -lpthread
+
+check-tsan: $(THREAD_TESTS)
+	@set -e; for t in $(THREAD_TESTS); do \
+	  OPENBLAS_NUM_THREADS=1 TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1" $$t; \
+	done
+
+# valgrind memcheck over the whole Check suite in one process (CK_FORK=no,
+# so that every test runs under it) and over the fuzz replays.
+VALGRIND := valgrind -q --error-exitcode=99 --leak-check=full \
+  --errors-for-leak-kinds=definite,indirect --show-leak-kinds=definite,indirect
+
+valgrind: all tests/check_eevp $(REPLAY_BINS)
+	CK_FORK=no OPENBLAS_NUM_THREADS=1 $(VALGRIND) tests/check_eevp
+	@set -e; for t in $(FUZZ_TARGETS); do \
+	  dirs=""; for d in tests/fuzz/corpus/$$t tests/fuzz/regress/$$t; do \
+	    [ -d $$d ] && dirs="$$dirs $$d"; done; \
+	  OPENBLAS_NUM_THREADS=1 $(VALGRIND) build/fuzz/replay_$$t $$dirs; \
+	done
+
+# ABI gate (tests/abi/abi.sh, docs/ABI.md): abi-dump writes build/abi/
+# current.dump; abi-check compares it with the committed baseline of this
+# major version and tests the gate itself; abi-baseline rewrites the
+# baseline, which is done only when a release is cut.
+ABI_ENV = CC="$(CC)" BLAS_CFLAGS="$(BLAS_CFLAGS)" BLAS_LIBS="$(BLAS_LIBS)"
+
+abi-dump:
+	$(ABI_ENV) sh tests/abi/abi.sh dump include build/abi/current.dump
+
+abi-check:
+	$(ABI_ENV) sh tests/abi/abi.sh check
+	$(ABI_ENV) sh tests/abi/abi.sh selftest
+
+abi-baseline:
+	$(ABI_ENV) sh tests/abi/abi.sh baseline
+
+# ---- bench (issue 4) ---------------------------------------------------------
+# The benchmark needs /usr/bin/python3 with Debian's python3-numpy and
+# python3-torch (the peers) and gnuplot-nox (the plots): `make bench-deps`.
+BENCH_PACKAGES := python3-numpy python3-torch gnuplot-nox
+BENCH_PY := /usr/bin/python3
+
+tests/bench/bench: tests/bench/bench.c include/eevp.h $(wildcard src/*.h) $(STATIC)
+	$(CC) $(ALL_CFLAGS) -o $@ $< $(STATIC) $(BLAS_LIBS) -lm
+
+bench-deps:
+	$(MAKE) deps DEB_PACKAGES="$(DEB_PACKAGES) $(BENCH_PACKAGES)"
+
+# Everything: all shapes, 1 and 2 OpenBLAS threads, the peers, the plots
+# (docs/bench_*.png) and docs/bench_results.txt.  Takes several minutes.
+bench: bench-deps
+	$(MAKE) all tests/bench/bench
+	$(BENCH_PY) tests/bench/run_bench.py --out docs
+
+# One shape (32000 x 4096), one thread, B in {1, 16}: under 60 s.
+bench-quick: bench-deps
+	$(MAKE) all tests/bench/bench
+	$(BENCH_PY) tests/bench/run_bench.py --quick
+
+.PHONY: bench bench-quick bench-deps
 
 # ---- python and examples (issue 3) -------------------------------------------
 # The Python binding (src/python/eevp, ctypes only) is tested under Debian's
@@ -176,6 +333,56 @@ uninstall-python:
 	rm -f $(DESTDIR)$(PYTHON_SITEDIR)/eevp/__init__.py
 	rm -rf $(DESTDIR)$(PYTHON_SITEDIR)/eevp/__pycache__
 	-rmdir $(DESTDIR)$(PYTHON_SITEDIR)/eevp 2>/dev/null
+
+# ---- tinylm (issue 5) -------------------------------------------------------
+# A reference early-exit runtime for Llama-architecture checkpoints and a small
+# model trained here on WordNet's glosses (docs/TINYLM.md).  Needs the Debian
+# packages in TINYLM_DEB_PACKAGES; the PyTorch cross-check needs python3-torch
+# under /usr/bin/python3 and is skipped with a message without it.
+TINYLM_DEB_PACKAGES := libsentencepiece-dev libjansson-dev wordnet-base
+TINYLM_PY := /usr/bin/python3
+CXX ?= c++
+TINYLM_SRCS := examples/tinylm/tinylm.c examples/tinylm/ckpt.c examples/tinylm/llama.c \
+  examples/tinylm/text.c
+TINYLM_OBJS := $(patsubst examples/tinylm/%.c,build/tinylm/%.o,$(TINYLM_SRCS)) \
+  build/tinylm/tok.o
+TINYLM_CFLAGS = $(ALL_CFLAGS) $(shell $(PKG_CONFIG) --cflags jansson 2>/dev/null)
+TINYLM_LIBS = $(shell $(PKG_CONFIG) --libs jansson 2>/dev/null || echo -ljansson) \
+  -lsentencepiece $(BLAS_LIBS) -lm
+
+.PHONY: tinylm tinylm-train check-tinylm demo-tinylm demo-sweep
+
+build/tinylm:
+	mkdir -p $@
+
+build/tinylm/%.o: examples/tinylm/%.c examples/tinylm/tinylm.h include/eevp.h | build/tinylm
+	$(CC) $(TINYLM_CFLAGS) -c $< -o $@
+
+build/tinylm/tok.o: examples/tinylm/tok.cc examples/tinylm/tinylm.h | build/tinylm
+	$(CXX) -std=c++17 -O2 -g -Wall -Wextra -c $< -o $@
+
+examples/tinylm/tinylm: $(TINYLM_OBJS) $(SHARED) lib/libeevp.so
+	$(CXX) -o $@ $(TINYLM_OBJS) -Llib -leevp -Wl,-rpath,'$$ORIGIN/../../lib' $(TINYLM_LIBS)
+
+tinylm: all examples/tinylm/tinylm
+
+# Retrain the shipped model (docs/TINYLM.md gives the time; not run by CI).
+tinylm-train:
+	$(TINYLM_PY) examples/tinylm/train/train.py --out examples/tinylm/model
+
+# Checkpoint-reader tests (corrupt, truncated, mismatched files), the PyTorch
+# cross-check, and a quick run of the three modes.
+check-tinylm: tinylm
+	$(TINYLM_PY) examples/tinylm/test/test_ckpt.py
+	$(TINYLM_PY) examples/tinylm/test/test_text.py
+	$(TINYLM_PY) examples/tinylm/test/verify_torch.py
+	examples/tinylm/tinylm generate --max-new 12 "violin:" "river:"
+
+demo-tinylm: tinylm
+	examples/tinylm/tinylm demo
+
+demo-sweep: tinylm
+	$(TINYLM_PY) examples/tinylm/test/sweep_plot.py
 
 # ---- install ----------------------------------------------------------------
 install: all

@@ -562,6 +562,22 @@ EEVP_API int eevp_head_pruned_logits(const eevp_head *head, int32_t k,
                                      const float *hidden, int64_t ld_hidden,
                                      float *logits, int64_t ld_logits, void *work);
 
+/* Bytes of workspace eevp_head_screen needs for k, or a negative error
+ * (EEVP_EINVAL for a head created without screen_mult). */
+EEVP_API int64_t eevp_head_screen_workspace_size(const eevp_head *head, int32_t k);
+
+/* Approximate pruning step for one hidden state, on a head created with
+ * screen_mult = m >= 2: the head's int8 copy ranks all V rows (the hidden
+ * state quantised to int8 as well), the best min(V, m*k) get their exact
+ * logits, and the best k of those, in the order, are written: global ids to
+ * ids[], their exact transformed logits to logits[] (when not NULL).  Equal
+ * to the exact top-k whenever the exact top-k lies inside the screened set;
+ * an approximation otherwise (recall measured in docs/BENCHMARKS.md).  work
+ * holds eevp_head_screen_workspace_size(head, k) bytes, 64-aligned.
+ * 1 <= k <= V (EEVP_ERANGE); EEVP_ENONFINITE for NaN/Inf. */
+EEVP_API int eevp_head_screen(const eevp_head *head, const float *hidden, int32_t k,
+                              int32_t *ids, float *logits, void *work);
+
 /* Bytes of workspace eevp_topk needs for k of n values. */
 EEVP_API int64_t eevp_topk_workspace_size(int64_t n, int32_t k);
 

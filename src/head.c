@@ -4,10 +4,12 @@
 
 #include <cblas.h>
 #include <math.h>
+#include <stddef.h>
 #include <string.h>
 
-/* The first published eevp_head_options ends after `allocator`. */
-#define HEAD_OPTIONS_V1 sizeof(eevp_head_options)
+/* The first published eevp_head_options ends after `allocator`; callers
+ * built against it get the defaults for the fields added since. */
+#define HEAD_OPTIONS_V1 offsetof(eevp_head_options, weight_type)
 
 EEVP_API int eevp_head_options_init(eevp_head_options *opts)
 {
@@ -21,9 +23,21 @@ EEVP_API int eevp_head_options_init(eevp_head_options *opts)
 static int check_options(const eevp_head_options *o, char *msg, size_t msg_size)
 {
     int64_t stride = o->row_stride ? o->row_stride : o->dim, span;
-    if (!o->weights) {
-        eevpi_msg(msg, msg_size, "weights is NULL");
+    if (o->weight_type < EEVP_WEIGHT_F32 || o->weight_type > EEVP_WEIGHT_BF16) {
+        eevpi_msg(msg, msg_size, "unknown weight_type %d", (int)o->weight_type);
         return EEVP_EINVAL;
+    }
+    if (o->weight_type == EEVP_WEIGHT_F32 ? (!o->weights || o->weights_half)
+                                          : (!o->weights_half || o->weights)) {
+        eevpi_msg(msg, msg_size, o->weight_type == EEVP_WEIGHT_F32
+                                     ? "weights is NULL (or weights_half set for fp32)"
+                                     : "half-precision head: weights_half is required and "
+                                       "weights must be NULL");
+        return EEVP_EINVAL;
+    }
+    if (o->screen_mult != 0 && (o->screen_mult < 2 || o->screen_mult > 64)) {
+        eevpi_msg(msg, msg_size, "screen_mult %d: 0, or 2..64", (int)o->screen_mult);
+        return EEVP_ERANGE;
     }
     if (o->n_vocab < 1 || o->n_vocab > EEVP_MAX_VOCAB) {
         eevpi_msg(msg, msg_size, "n_vocab %lld outside 1..%lld", (long long)o->n_vocab,
@@ -72,9 +86,64 @@ static int check_options(const eevp_head_options *o, char *msg, size_t msg_size)
     }
     /* The last row ends at (V-1)*stride + d: it must be addressable. */
     if (!eevpi_mul(o->n_vocab - 1, stride, &span) || !eevpi_add(span, o->dim, &span) ||
-        !eevpi_mul(span, (int64_t)sizeof(float), &span) || span > (int64_t)(SIZE_MAX / 2)) {
+        !eevpi_mul(span, o->weight_type == EEVP_WEIGHT_F32 ? 4 : 2, &span) ||
+        span > (int64_t)(SIZE_MAX / 2)) {
         eevpi_msg(msg, msg_size, "n_vocab x row_stride overflows");
         return EEVP_EOVERFLOW;
+    }
+    return EEVP_OK;
+}
+
+static float row_elem(const eevp_head *h, int64_t v, int64_t c)
+{
+    if (h->wtype == EEVP_WEIGHT_F32)
+        return h->W[v * h->stride + c];
+    if (h->wtype == EEVP_WEIGHT_F16)
+        return eevpi_f16_to_f32(h->W16[v * h->stride + c]);
+    return eevpi_bf16_to_f32(h->W16[v * h->stride + c]);
+}
+
+/* The int8 screening copy: per row, scale = max|w| / 127 and q = round(w /
+ * scale) in -127..127.  One block: V scales, then the V x d bytes plus 32
+ * bytes of slack (the vector kernel reads whole 32-byte chunks). */
+static int build_screen(eevp_head *h, char *msg, size_t msg_size)
+{
+    int64_t bytes, v, c;
+    unsigned char *p;
+    if (!eevpi_mul(h->V, h->d, &bytes) || !eevpi_add(bytes, h->V * 4 + 32 + EEVPI_ALIGN, &bytes) ||
+        bytes > (int64_t)(SIZE_MAX / 2)) {
+        eevpi_msg(msg, msg_size, "int8 screening copy overflows");
+        return EEVP_EOVERFLOW;
+    }
+    p = (unsigned char *)eevpi_alloc(&h->mem, (size_t)bytes);
+    if (!p) {
+        eevpi_msg(msg, msg_size, "out of memory for the int8 screening copy (%lld bytes)",
+                  (long long)bytes);
+        return EEVP_ENOMEM;
+    }
+    h->bytes += bytes;
+    h->qblock = p;
+    h->qscale = (float *)(void *)(p + (EEVPI_ALIGN - (uintptr_t)p % EEVPI_ALIGN) % EEVPI_ALIGN);
+    h->Wq = (int8_t *)(h->qscale + h->V);
+    {
+        int8_t *q = h->Wq;
+        for (v = 0; v < h->V; v++) {
+            float amax = 0.0f, s, inv;
+            for (c = 0; c < h->d; c++) {
+                const float a = fabsf(row_elem(h, v, c));
+                if (a > amax)
+                    amax = a;
+            }
+            s = amax > 0.0f && isfinite(amax) ? amax / 127.0f : 1.0f;
+            inv = 1.0f / s;
+            h->qscale[v] = s;
+            for (c = 0; c < h->d; c++) {
+                float t = row_elem(h, v, c) * inv;
+                t = t > 127.0f ? 127.0f : t < -127.0f ? -127.0f : t;
+                q[v * h->d + c] = (int8_t)lrintf(t == t ? t : 0.0f);
+            }
+        }
+        memset(q + h->V * h->d, 0, 32);
     }
     return EEVP_OK;
 }
@@ -117,6 +186,10 @@ EEVP_API int eevp_head_create(eevp_head **out, const eevp_head_options *opts, ch
     h->mem = mem;
     h->bytes = (int64_t)sizeof *h;
     h->kern = eevpi_kernels_select((o.flags & EEVP_HEAD_NO_SIMD) != 0);
+    h->dk = eevpi_dotk_select((o.flags & EEVP_HEAD_NO_SIMD) != 0);
+    h->wtype = o.weight_type;
+    h->W16 = o.weights_half;
+    h->screen_mult = o.screen_mult;
     h->V = o.n_vocab;
     h->d = o.dim;
     h->stride = o.row_stride ? o.row_stride : o.dim;
@@ -136,7 +209,8 @@ EEVP_API int eevp_head_create(eevp_head **out, const eevp_head_options *opts, ch
         float *W, *nw, *nb, *bias;
         void *block;
         int64_t v;
-        eevpi_arena_take(&a, h->V * h->d, sizeof(float));
+        const int64_t esz = h->wtype == EEVP_WEIGHT_F32 ? 4 : 2;
+        eevpi_arena_take(&a, h->V * h->d, esz);
         eevpi_arena_take(&a, h->nw ? h->d : 0, sizeof(float));
         eevpi_arena_take(&a, h->nb ? h->d : 0, sizeof(float));
         eevpi_arena_take(&a, h->bias ? h->V : 0, sizeof(float));
@@ -156,23 +230,36 @@ EEVP_API int eevp_head_create(eevp_head **out, const eevp_head_options *opts, ch
         h->bytes += a.used + EEVPI_ALIGN;
         a.base = (unsigned char *)block + (EEVPI_ALIGN - (uintptr_t)block % EEVPI_ALIGN) % EEVPI_ALIGN;
         a.used = 0;
-        W = (float *)eevpi_arena_take(&a, h->V * h->d, sizeof(float));
+        W = (float *)eevpi_arena_take(&a, h->V * h->d, esz);
         nw = (float *)eevpi_arena_take(&a, h->nw ? h->d : 0, sizeof(float));
         nb = (float *)eevpi_arena_take(&a, h->nb ? h->d : 0, sizeof(float));
         bias = (float *)eevpi_arena_take(&a, h->bias ? h->V : 0, sizeof(float));
-        for (v = 0; v < h->V; v++)
-            memcpy(W + v * h->d, h->W + v * h->stride, (size_t)h->d * sizeof(float));
+        if (h->wtype == EEVP_WEIGHT_F32)
+            for (v = 0; v < h->V; v++)
+                memcpy(W + v * h->d, h->W + v * h->stride, (size_t)h->d * sizeof(float));
+        else
+            for (v = 0; v < h->V; v++)
+                memcpy((uint16_t *)(void *)W + v * h->d, h->W16 + v * h->stride,
+                       (size_t)h->d * 2);
         if (nw)
             memcpy(nw, h->nw, (size_t)h->d * sizeof(float));
         if (nb)
             memcpy(nb, h->nb, (size_t)h->d * sizeof(float));
         if (bias)
             memcpy(bias, h->bias, (size_t)h->V * sizeof(float));
-        h->W = W;
+        if (h->wtype == EEVP_WEIGHT_F32)
+            h->W = W;
+        else
+            h->W16 = (const uint16_t *)(void *)W;
         h->stride = h->d;
         h->nw = nw;
         h->nb = nb;
         h->bias = bias;
+    }
+    if (h->screen_mult && (rc = build_screen(h, msg, msg_size)) != EEVP_OK) {
+        eevpi_free(&mem, h->copy);
+        eevpi_free(&mem, h);
+        return rc;
     }
     *out = h;
     return EEVP_OK;
@@ -182,6 +269,7 @@ EEVP_API void eevp_head_free(eevp_head *h)
 {
     if (!h)
         return;
+    eevpi_free(&h->mem, h->qblock);
     eevpi_free(&h->mem, h->copy);
     eevpi_free(&h->mem, h);
 }
@@ -269,6 +357,12 @@ static void transform(const eevp_head *h, float *z, int64_t n, const float *bias
 void eevpi_head_project(const eevp_head *h, int32_t n, const float *xn, float *z, int64_t ldz)
 {
     int32_t r;
+    /* Half-precision heads have only the library's kernels; for 2..8 fp32
+     * rows they read W once where SGEMM would pack (copy) it first. */
+    if (h->wtype != EEVP_WEIGHT_F32 || (n > 1 && n <= EEVPI_MULTI_MAX)) {
+        eevpi_head_project_inv(h, n, xn, z, ldz);
+        return;
+    }
     if (n == 1)
         cblas_sgemv(CblasRowMajor, CblasNoTrans, (int)h->V, (int)h->d, 1.0f, h->W,
                     (int)h->stride, xn, 1, 0.0f, z, 1);
@@ -279,12 +373,14 @@ void eevpi_head_project(const eevp_head *h, int32_t n, const float *xn, float *z
         transform(h, z + r * ldz, h->V, h->bias);
 }
 
+/* The library's own single-threaded kernel rather than SGEMV: a K x d block
+ * is too small for OpenBLAS's threads (with 2 threads on a busy machine the
+ * wake-up costs ten times the work), and the fixed order makes a pruned
+ * check bit-identical per sequence and through the union plan (batch.c). */
 void eevpi_head_project_rows(const eevp_head *h, int32_t k, const float *rows, int64_t ld_rows,
                              const float *bias, const float *xn, float *z)
 {
-    cblas_sgemv(CblasRowMajor, CblasNoTrans, k, (int)h->d, 1.0f, rows, (int)ld_rows, xn, 1,
-                0.0f, z, 1);
-    transform(h, z, k, bias);
+    eevpi_head_project_rows_inv(h, k, rows, ld_rows, bias, xn, z);
 }
 
 void eevpi_head_gather(const eevp_head *h, const int32_t *ids, int32_t k, float *out,
@@ -293,7 +389,10 @@ void eevpi_head_gather(const eevp_head *h, const int32_t *ids, int32_t k, float 
     int32_t j;
     for (j = 0; j < k; j++) {
         int64_t v = ids[j] - h->offset;
-        memcpy(out + j * ld_out, h->W + v * h->stride, (size_t)h->d * sizeof(float));
+        if (h->wtype == EEVP_WEIGHT_F32)
+            memcpy(out + j * ld_out, h->W + v * h->stride, (size_t)h->d * sizeof(float));
+        else
+            h->dk->to_f32(h->wtype, h->W16 + v * h->stride, h->d, out + j * ld_out);
         if (bias_out)
             bias_out[j] = h->bias ? h->bias[v] : 0.0f;
     }

@@ -113,6 +113,14 @@ struct eevp_head {
     float scale, cap;
     void *copy;     /* block holding the copies under EEVP_HEAD_COPY */
     int64_t bytes;  /* allocated through mem */
+    /* issue 4: storage type and the kernels that read it. */
+    int32_t wtype;              /* eevp_weight; W is NULL unless EEVP_WEIGHT_F32 */
+    const uint16_t *W16;        /* fp16 / bf16 rows, `stride` elements apart */
+    const struct eevpi_dotk *dk;/* dot kernels for this head (chosen at run time) */
+    int8_t *Wq;                 /* int8 screening copy, V x d packed, or NULL */
+    float *qscale;              /* V per-row scales of Wq */
+    void *qblock;               /* block holding qscale and Wq */
+    int32_t screen_mult;        /* screen screen_mult*K candidates; 0: no screening */
 };
 
 /* Normalise hidden row x into out (d floats).  Returns 0, or
@@ -150,5 +158,125 @@ double eevpi_conf_js(const float *p, const float *z, const eevpi_dist *d);
 /* Softmax probabilities of z into p. */
 void eevpi_softmax(const float *z, const eevpi_dist *d, float *p);
 double eevpi_cosine(const eevpi_kernels *kern, const float *a, const float *b, int64_t n);
+
+/* ==== issue 4: dot kernels, multi-vector projections, half precision,
+ * int8 screening, batched pruned checks (dot.c, dot_avx2.c, batch.c) ==== */
+
+/* Every kernel below computes each (row, vector) dot product with one fixed
+ * sequence of operations that depends only on d and the head's kernel
+ * choice: never on how many vectors or rows are processed together, nor on
+ * where they sit in the batch.  So results are bit-identical between a
+ * batch and its members alone (EEVP_CTX_BATCH_INVARIANT), and between the
+ * per-sequence and the union pruned kernels. */
+typedef struct eevpi_dotk {
+    const char *name;
+    /* z[i*ldz + r] = W_r . x_i for r < nr, i < n, W rows of `wtype`
+     * elements `stride` apart, x rows ldx apart.  Reads each row of W once
+     * from memory for all n vectors (rows are tiled to stay in cache while
+     * the vectors are swept). */
+    void (*dot)(int32_t wtype, const void *W, int64_t stride, int64_t nr, int64_t d,
+                int32_t n, const float *x, int64_t ldx, float *z, int64_t ldz);
+    /* z[r] = scale[r] * xs * (Wq_r . xq), int8 rows d apart, xq padded
+     * with zeros to a multiple of 32. */
+    void (*dot_q8)(const int8_t *Wq, int64_t nr, int64_t d, const int8_t *xq,
+                   const float *scale, float xs, float *z);
+    /* Convert n half-precision values to fp32. */
+    void (*to_f32)(int32_t wtype, const uint16_t *src, int64_t n, float *dst);
+    /* z[r] = rows[r] . x for r < nr, fp32 rows anywhere: bit-identical to
+     * dot() with n = 1 on the same rows. */
+    void (*dot_rows)(const float *const *rows, int64_t nr, int64_t d, const float *x, float *z);
+} eevpi_dotk;
+
+const eevpi_dotk *eevpi_dotk_select(int portable_only);
+extern const eevpi_dotk eevpi_dotk_portable;
+#if defined(EEVPI_HAVE_AVX2_KERNELS)
+extern const eevpi_dotk eevpi_dotk_avx2;
+#endif
+
+/* fp16 / bf16 <-> fp32, round to nearest even (portable, exact). */
+float eevpi_f16_to_f32(uint16_t h);
+uint16_t eevpi_f32_to_f16(float f);
+float eevpi_bf16_to_f32(uint16_t h);
+uint16_t eevpi_f32_to_bf16(float f);
+
+/* Full logits (dot + transform) for n normalised rows with the head's own
+ * fixed-order kernel, whatever n (W read once): the batch-invariant full
+ * projection.  eevpi_head_project uses it for n <= EEVPI_MULTI_MAX and for
+ * every half-precision head. */
+#define EEVPI_MULTI_MAX 8
+void eevpi_head_project_inv(const eevp_head *h, int32_t n, const float *xn, float *z,
+                            int64_t ldz);
+
+/* Pruned logits for one row with the fixed-order kernel (bit-identical to
+ * the union kernel below). */
+void eevpi_head_project_rows_inv(const eevp_head *h, int32_t k, const float *rows,
+                                 int64_t ld_rows, const float *bias, const float *xn, float *z);
+
+/* int8 screening (head option screen_mult): bytes of work for k. */
+int64_t eevpi_screen_work_size(const eevp_head *h, int32_t k);
+/* Pruned set of one normalised row by screening: the int8 copy ranks all V
+ * rows, the best min(V, screen_mult*k) get their exact logits from W, and
+ * the best k of those (in the order) are written to ids (global) and, when
+ * not NULL, their exact transformed logits to z.  An approximation the
+ * caller opts into: the exact top-k is only recovered when it lies inside
+ * the screened set.  EEVP_ENONFINITE for NaN logits. */
+int eevpi_head_screen(const eevp_head *h, const float *xn, int32_t k, int32_t *ids,
+                      float *z, void *work);
+
+/* Batched pruned checks (batch.c).  n sequences, sequence i with k_of[i]
+ * candidates whose global ids are ids[i] and whose gathered rows are
+ * rows[i] (d floats apart), biases bias[i] (NULL: none); normalised rows xn
+ * (d apart); logits out to z[i] (k_of[i] floats, transformed).
+ *
+ * The union plan: the distinct ids of all sets, their rows gathered once
+ * (per token, since the sets are fixed for the token) into one block, and
+ * per sequence the position of each of its candidates in that block.  Then
+ * every check is one multi-vector pass over the block, and the logits are
+ * picked out.  Results are bit-identical to the per-sequence path. */
+typedef struct eevpi_union {
+    int32_t n_seq, n_union;
+    int32_t n_dense;   /* the first n_dense rows are in at least half of the
+                          sets (and in 2 or more): computed for every vector
+                          in one multi-vector pass; the others only for the
+                          sequences holding them */
+    int64_t sum_k;     /* candidates over all sets */
+    int64_t dense_cand;/* candidates whose row is dense */
+    int32_t *ids;      /* n_union distinct global ids (capacity: sum of k) */
+    int32_t *pos;      /* per candidate of every sequence, concatenated: its
+                          row in the block */
+    float *rows;       /* n_union x d gathered rows */
+    float *bias;       /* n_union biases, or NULL when the head has none */
+} eevpi_union;
+
+/* Bytes for a union plan of n sets of total size sum_k (one block). */
+int64_t eevpi_union_size(const eevp_head *h, int32_t n, int64_t sum_k);
+/* Build the plan into mem (eevpi_union_size bytes): dedupe the ids, order
+ * the rows (dense, then sparse; ids ascending in each), gather them once.
+ * work: 2 * sum_k int64_t.  = eevpi_union_plan, then eevpi_union_gather:
+ * plan first to decide (eevpi_union_pick needs no rows), gather only when
+ * the plan is used.  u->rows has room for sum_k rows, so per-sequence blocks
+ * may be gathered there instead when the plan is not used. */
+void eevpi_union_build(const eevp_head *h, int32_t n, const int32_t *k_of,
+                       const int32_t *const *ids, eevpi_union *u, void *mem,
+                       int64_t *work);
+void eevpi_union_plan(const eevp_head *h, int32_t n, const int32_t *k_of,
+                      const int32_t *const *ids, eevpi_union *u, void *mem, int64_t *work);
+void eevpi_union_gather(const eevp_head *h, eevpi_union *u);
+/* 1 when checks through the plan are expected to be cheaper than n
+ * per-sequence passes over separate blocks (rule in docs/BENCHMARKS.md:
+ * memory traffic versus arithmetic; only the machine balance enters). */
+int eevpi_union_pick(const eevp_head *h, const eevpi_union *u, const int32_t *k_of);
+/* Checks through the plan for the n_act sequences act[0..n_act-1] (indices
+ * into the plan's sequences, e.g. those still running), normalised rows xn
+ * (d apart, in act order), logits to z[i] (k_of[act[i]] floats).
+ * k_of: the plan's set sizes.  work: n_act * n_dense floats (a dense row is
+ * in at least half of the sets, so n_dense <= 2 * max k). */
+void eevpi_pruned_union(const eevp_head *h, const eevpi_union *u, int32_t n_act,
+                        const int32_t *act, const int32_t *k_of, const float *xn,
+                        float *const *z, float *work);
+/* Checks per sequence (each reads its own rows). */
+void eevpi_pruned_each(const eevp_head *h, int32_t n, const int32_t *k_of,
+                       const float *const *rows, const float *const *bias, const float *xn,
+                       float *const *z);
 
 #endif /* EEVP_INTERNAL_H */

@@ -15,6 +15,9 @@ Suite *make_kernels_suite(void);
 Suite *make_oom_suite(void);
 extern Suite *make_step_suite(void);
 extern Suite *make_criteria_suite(void);
+Suite *make_dot_suite(void);
+Suite *make_hostile_suite(void);
+Suite *make_batch_suite(void);
 Suite *make_policies_suite(void);
 
 int main(void)
@@ -26,6 +29,9 @@ int main(void)
     srunner_add_suite(sr, make_oom_suite());
     srunner_add_suite(sr, make_step_suite());
     srunner_add_suite(sr, make_criteria_suite());
+    srunner_add_suite(sr, make_dot_suite());
+    srunner_add_suite(sr, make_hostile_suite());
+    srunner_add_suite(sr, make_batch_suite());
     srunner_add_suite(sr, make_policies_suite());
 
     srunner_run_all(sr, CK_ENV); /* prints "N%: Checks: X, Failures: Y, Errors: Z" */

@@ -451,6 +451,389 @@ START_TEST(test_steps_no_alloc)
 }
 END_TEST
 
+/* ------------------------------------------------------------------------ */
+/* Creation with every option that adds to the allocations                  */
+/* ------------------------------------------------------------------------ */
+
+/* Head storage and screening: half-precision W (copied as half), the int8
+ * screening copy (its own allocation). */
+typedef struct h2cfg {
+    const char *name;
+    int32_t weight_type, screen_mult;
+    uint32_t flags;
+} h2cfg;
+
+static const h2cfg h2cfgs[] = {
+    { "f16 borrowed", EEVP_WEIGHT_F16, 0, 0 },
+    { "bf16 copied", EEVP_WEIGHT_BF16, 0, EEVP_HEAD_COPY },
+    { "f32 screen x2", EEVP_WEIGHT_F32, 2, 0 },
+    { "f32 copied, screen x4", EEVP_WEIGHT_F32, 4, EEVP_HEAD_COPY },
+    { "f16 copied, screen x3", EEVP_WEIGHT_F16, 3, EEVP_HEAD_COPY },
+};
+#define N_H2CFG ((int)(sizeof h2cfgs / sizeof h2cfgs[0]))
+
+static int h2_create(eevp_head **h, const h2cfg *c, const float *W, const uint16_t *Wh,
+                     const eevp_allocator *a, char *msg, size_t msg_size)
+{
+    eevp_head_options o = EEVP_HEAD_OPTIONS_INIT;
+    o.n_vocab = CV;
+    o.dim = CD;
+    o.flags = c->flags;
+    o.weight_type = c->weight_type;
+    o.weights = c->weight_type == EEVP_WEIGHT_F32 ? W : NULL;
+    o.weights_half = c->weight_type == EEVP_WEIGHT_F32 ? NULL : Wh;
+    o.screen_mult = c->screen_mult;
+    o.norm = EEVP_NORM_RMS;
+    o.allocator = a;
+    return eevp_head_create(h, &o, msg, msg_size);
+}
+
+START_TEST(test_oom_head_storage)
+{
+    const h2cfg *c = &h2cfgs[_i];
+    float W[CV * CD], x[CD], z0[CV], z1[CV];
+    uint16_t Wh[CV * CD];
+    uint32_t seed = 300u + (uint32_t)_i;
+    test_alloc t;
+    eevp_allocator a;
+    eevp_head *h = NULL, *plain = NULL;
+    int64_t n, baseline, ws;
+    void *work;
+    char msg[200];
+    int rc, j;
+
+    fill_random(W, CV * CD, &seed, -1, 1);
+    fill_random(x, CD, &seed, -1, 1);
+    for (j = 0; j < CV * CD; j++) /* small halves of either kind: 1 + j mod 64 steps */
+        Wh[j] = (uint16_t)(c->weight_type == EEVP_WEIGHT_BF16 ? 0x3f80u + (j % 64)
+                                                               : 0x3c00u + (j % 64));
+    /* The right answer: the same head created with malloc/free. */
+    ck_assert_int_eq(h2_create(&plain, c, W, Wh, NULL, NULL, 0), EEVP_OK);
+    ws = eevp_head_workspace_size(plain, 1);
+    work = canary_alloc_bytes((size_t)ws);
+    ck_assert_int_eq(eevp_head_logits(plain, 1, x, CD, z0, CV, work), EEVP_OK);
+
+    memset(&t, 0, sizeof t);
+    a = test_allocator(&t);
+    ck_assert_int_eq(h2_create(&h, c, W, Wh, &a, NULL, 0), EEVP_OK);
+    baseline = t.n_calls;
+    eevp_head_free(h);
+    ck_assert_int_eq(t.live, 0);
+    for (n = 1; n <= MAX_TRIES; n++) {
+        memset(&t, 0, sizeof t);
+        t.fail_at = n;
+        a = test_allocator(&t);
+        h = (eevp_head *)&t;
+        rc = h2_create(&h, c, W, Wh, &a, msg, sizeof msg);
+        if (rc == EEVP_OK)
+            break;
+        ck_assert_msg(rc == EEVP_ENOMEM, "%s: fail_at %lld gave %d", c->name, (long long)n, rc);
+        ck_assert_ptr_null(h);
+        ck_assert_msg(t.live == 0, "%s: fail_at %lld leaked %lld blocks", c->name,
+                      (long long)n, (long long)t.live);
+        ck_assert(msg[0] != '\0');
+    }
+    ck_assert_msg(n == baseline + 1, "%s: succeeded at %lld, baseline %lld", c->name,
+                  (long long)n, (long long)baseline);
+    ck_assert_int_eq(eevp_head_memory(h), t.bytes_live);
+    ck_assert_int_eq(eevp_head_logits(h, 1, x, CD, z1, CV, work), EEVP_OK);
+    ck_assert(memcmp(z0, z1, sizeof z0) == 0);
+    if (c->screen_mult) {
+        int32_t ids0[4], ids1[4];
+        int64_t sws = eevp_head_screen_workspace_size(h, 4);
+        void *sw = canary_alloc_bytes((size_t)sws);
+        ck_assert_int_eq(eevp_head_screen(plain, x, 4, ids0, NULL, sw), EEVP_OK);
+        ck_assert_int_eq(eevp_head_screen(h, x, 4, ids1, NULL, sw), EEVP_OK);
+        ck_assert(memcmp(ids0, ids1, sizeof ids0) == 0);
+        canary_free_bytes(sw);
+    }
+    eevp_head_free(h);
+    eevp_head_free(plain);
+    ck_assert_int_eq(t.live, 0);
+    canary_free_bytes(work);
+}
+END_TEST
+
+/* Contexts with the candidate-set policies and flags: the lists are copied
+ * at creation.  After every failed attempt the head is untouched; the
+ * context that finally comes up decodes exactly like one created with
+ * malloc/free (the right answer, compared bit for bit). */
+typedef struct pcfg {
+    const char *name;
+    int n_always, static_mode, n_static, reprune_layer, reprune_every;
+    float mass;
+    uint32_t flags;
+} pcfg;
+
+static const pcfg pcfgs[] = {
+    { "always ids", 3, EEVP_STATIC_NONE, 0, -1, 0, 0.0f, 0 },
+    { "static union", 0, EEVP_STATIC_UNION, 5, -1, 0, 0.0f, 0 },
+    { "static only + always", 2, EEVP_STATIC_ONLY, 6, -1, 0, 0.0f, 0 },
+    { "re-pruning, adaptive K", 0, EEVP_STATIC_NONE, 0, 3, 2, 0.8f, 0 },
+    { "batch invariant, exact exit", 1, EEVP_STATIC_UNION, 2, -1, 0, 0.0f,
+      EEVP_CTX_BATCH_INVARIANT | EEVP_CTX_EXACT_EXIT },
+};
+#define N_PCFG ((int)(sizeof pcfgs / sizeof pcfgs[0]))
+
+static eevp_ctx_options pol_opts(const pcfg *p, const eevp_allocator *a, const int32_t *always,
+                                 const int32_t *statics)
+{
+    static const ccfg base = { "policies", 1, 6, 3, 8, 1, 1, 0, EEVP_CRITERION_TOP2_GAP,
+                               EEVP_FINAL_FULL, EEVP_SCHEDULE_CONSTANT };
+    eevp_ctx_options o = cfg_opts(&base, a);
+    o.always_ids = p->n_always ? always : NULL;
+    o.n_always = p->n_always;
+    o.static_mode = p->static_mode;
+    o.static_ids = p->n_static ? statics : NULL;
+    o.n_static = p->n_static;
+    o.reprune_layer = p->reprune_layer;
+    o.reprune_every = p->reprune_every;
+    o.adaptive_mass = p->mass;
+    o.k_min = 2;
+    o.flags = p->flags;
+    return o;
+}
+
+static void step_results(eevp_ctx *ctx, const float *hid, int32_t L, int32_t n,
+                         eevp_result *res)
+{
+    int32_t l, s;
+    ck_assert_int_eq(eevp_step_begin(ctx, n, NULL), EEVP_OK);
+    for (l = 0; l < L && eevp_step_n_running(ctx) > 0; l++)
+        ck_assert_int_eq(eevp_step_layer(ctx, l, hid + (size_t)l * (size_t)n * HLD, HLD, n,
+                                         NULL), EEVP_OK);
+    ck_assert_int_eq(eevp_step_end(ctx), EEVP_OK);
+    for (s = 0; s < n; s++) {
+        memset(&res[s], 0, sizeof res[s]);
+        res[s].struct_size = sizeof res[s];
+        ck_assert_int_eq(eevp_step_result(ctx, s, &res[s]), EEVP_OK);
+    }
+}
+
+START_TEST(test_oom_ctx_policies)
+{
+    const pcfg *p = &pcfgs[_i];
+    const int32_t always[3] = { 7, 59, 3 }, statics[6] = { 1, 2, 58, 40, 41, 2 };
+    float *W, *b;
+    eevp_head *h = plain_head(&W, &b, 1, NULL);
+    float hid[6 * 3 * HLD];
+    uint32_t seed = 77u + (uint32_t)_i;
+    test_alloc t;
+    eevp_allocator a;
+    eevp_ctx_options o;
+    eevp_ctx *ctx = NULL, *ref = NULL;
+    eevp_result want[3], got[3];
+    int64_t n, baseline, est;
+    int rc, s;
+
+    fill_random(hid, 6 * 3 * HLD, &seed, -3, 3);
+    o = pol_opts(p, NULL, always, statics);
+    ck_assert_int_eq(eevp_ctx_create(&ref, h, &o, NULL, 0), EEVP_OK);
+    step_results(ref, hid, 6, 3, want);
+
+    memset(&t, 0, sizeof t);
+    a = test_allocator(&t);
+    o = pol_opts(p, &a, always, statics);
+    ck_assert_int_eq(eevp_ctx_create(&ctx, h, &o, NULL, 0), EEVP_OK);
+    baseline = t.n_calls;
+    eevp_ctx_free(ctx);
+    for (n = 1; n <= MAX_TRIES; n++) {
+        memset(&t, 0, sizeof t);
+        t.fail_at = n;
+        a = test_allocator(&t);
+        o = pol_opts(p, &a, always, statics);
+        ctx = (eevp_ctx *)&t;
+        rc = eevp_ctx_create(&ctx, h, &o, NULL, 0);
+        if (rc == EEVP_OK)
+            break;
+        ck_assert_msg(rc == EEVP_ENOMEM, "%s: fail_at %lld gave %d", p->name, (long long)n, rc);
+        ck_assert_ptr_null(ctx);
+        ck_assert_msg(t.live == 0, "%s: fail_at %lld leaked", p->name, (long long)n);
+    }
+    ck_assert_int_eq(n, baseline + 1);
+    ck_assert_int_eq(eevp_ctx_memory_estimate(&est, h, &o), EEVP_OK);
+    ck_assert_int_eq(t.bytes_live, est);
+    /* Two steps, then a reset and a third: all the right answer. */
+    for (rc = 0; rc < 3; rc++) {
+        if (rc == 2)
+            ck_assert_int_eq(eevp_ctx_reset(ctx), EEVP_OK);
+        step_results(ctx, hid, 6, 3, got);
+        for (s = 0; s < 3; s++)
+            ck_assert_msg(got[s].token == want[s].token && got[s].layer == want[s].layer &&
+                              got[s].reason == want[s].reason &&
+                              memcmp(&got[s].confidence, &want[s].confidence, 4) == 0,
+                          "%s: sequence %d differs from the malloc-created context", p->name, s);
+    }
+    eevp_ctx_free(ctx);
+    eevp_ctx_free(ref);
+    ck_assert_int_eq(t.live, 0);
+    eevp_head_free(h);
+    free(W);
+    free(b);
+}
+END_TEST
+
+/* ------------------------------------------------------------------------ */
+/* Which entry points allocate: exactly the two creators                    */
+/* ------------------------------------------------------------------------ */
+
+/* Every public function other than eevp_head_create and eevp_ctx_create is
+ * called here once, under an allocator that fails every request from then
+ * on; none may ask it for memory.  The names called are then checked
+ * against tests/symbols.txt, so a new entry point must be added here (or to
+ * the creation sweeps above) before `make check` passes. */
+#define MAX_SEEN 128
+static const char *seen[MAX_SEEN];
+static int n_seen;
+#define CALLED(name) (n_seen < MAX_SEEN ? (void)(seen[n_seen++] = (name)) : (void)0)
+
+static int crit_decide_noalloc(void *state, const eevp_exit_view *v, float *c, int32_t *e)
+{
+    (void)state;
+    (void)v;
+    (void)e;
+    *c = 0.5f;
+    return 0;
+}
+
+START_TEST(test_only_creators_allocate)
+{
+    float *W, *b;
+    test_alloc t;
+    eevp_allocator a;
+    eevp_head *h, *hs = NULL;
+    eevp_ctx *ctx = NULL;
+    eevp_ctx_options o, o2;
+    eevp_head_options ho;
+    eevp_criterion_vtbl vt;
+    eevp_result r;
+    eevp_stats st;
+    float hid[3 * HLD], z[CV], lambda, Wf[CV * CD];
+    int32_t ids[CV], n_out;
+    int64_t est, hist[8], calls;
+    void *work, *sw;
+    FILE *fp;
+    char line[128];
+    int missing = 0, i;
+    static const char *const creators[] = { "eevp_head_create", "eevp_ctx_create" };
+    uint32_t seed = 5;
+
+    memset(&t, 0, sizeof t);
+    a = test_allocator(&t);
+    h = plain_head(&W, &b, 1, &a);
+    {
+        h2cfg sc = { "screen", EEVP_WEIGHT_F32, 2, 0 };
+        fill_random(Wf, CV * CD, &seed, -1, 1);
+        ck_assert_int_eq(h2_create(&hs, &sc, Wf, NULL, &a, NULL, 0), EEVP_OK);
+    }
+    o = cfg_opts(&ccfgs[1], &a);
+    ck_assert_int_eq(eevp_ctx_create(&ctx, h, &o, NULL, 0), EEVP_OK);
+    fill_random(hid, 3 * HLD, &seed, -1, 1);
+    work = canary_alloc_bytes((size_t)eevp_head_workspace_size(h, 2));
+    sw = canary_alloc_bytes((size_t)eevp_head_screen_workspace_size(hs, 4));
+    calls = t.n_calls;
+    t.fail_at = calls + 1; /* any request from here on fails */
+    n_seen = 0;
+
+    CALLED("eevp_version_number"); (void)eevp_version_number();
+    CALLED("eevp_version_string"); (void)eevp_version_string();
+    CALLED("eevp_strerror"); (void)eevp_strerror(EEVP_ENOMEM);
+    CALLED("eevp_head_options_init"); ck_assert_int_eq(eevp_head_options_init(&ho), EEVP_OK);
+    CALLED("eevp_ctx_options_init"); ck_assert_int_eq(eevp_ctx_options_init(&o2), EEVP_OK);
+    CALLED("eevp_head_n_vocab"); ck_assert_int_eq(eevp_head_n_vocab(h), CV);
+    CALLED("eevp_head_dim"); ck_assert_int_eq(eevp_head_dim(h), CD);
+    CALLED("eevp_head_vocab_offset"); ck_assert_int_eq(eevp_head_vocab_offset(h), 0);
+    CALLED("eevp_head_memory"); ck_assert_int_gt(eevp_head_memory(h), 0);
+    /* The estimate takes the caller's allocator in opts and must not use it. */
+    CALLED("eevp_ctx_memory_estimate"); ck_assert_int_eq(eevp_ctx_memory_estimate(&est, h, &o),
+                                                         EEVP_OK);
+    CALLED("eevp_ctx_memory"); ck_assert_int_eq(eevp_ctx_memory(ctx), est);
+    CALLED("eevp_ctx_errmsg"); (void)eevp_ctx_errmsg(ctx);
+    CALLED("eevp_ctx_layer_required"); ck_assert_int_ge(eevp_ctx_layer_required(ctx, 0), 0);
+    CALLED("eevp_ctx_threshold"); ck_assert_int_eq(eevp_ctx_threshold(ctx, 3, &lambda), EEVP_OK);
+    memset(&vt, 0, sizeof vt);
+    vt.struct_size = sizeof vt;
+    vt.needs = EEVP_NEEDS_LOGITS | EEVP_NEEDS_PREV_HIDDEN;
+    vt.decide = crit_decide_noalloc;
+    CALLED("eevp_ctx_set_criterion"); ck_assert_int_eq(eevp_ctx_set_criterion(ctx, &vt, NULL),
+                                                       EEVP_OK);
+    CALLED("eevp_step_begin"); ck_assert_int_eq(eevp_step_begin(ctx, 1, NULL), EEVP_OK);
+    CALLED("eevp_step_layer");
+    for (i = 0; i < ccfgs[1].L && eevp_step_n_running(ctx) > 0; i++)
+        ck_assert_int_eq(eevp_step_layer(ctx, i, hid, HLD, 1, NULL), EEVP_OK);
+    CALLED("eevp_step_n_running"); ck_assert_int_eq(eevp_step_n_running(ctx), 0);
+    CALLED("eevp_step_end"); ck_assert_int_eq(eevp_step_end(ctx), EEVP_OK);
+    r.struct_size = sizeof r;
+    CALLED("eevp_step_result"); ck_assert_int_eq(eevp_step_result(ctx, 0, &r), EEVP_OK);
+    CALLED("eevp_step_candidates");
+        ck_assert_int_eq(eevp_step_candidates(ctx, 0, CV, z, ids, &n_out), EEVP_OK);
+    CALLED("eevp_step_abandon"); ck_assert_int_eq(eevp_step_abandon(ctx), EEVP_OK);
+    st.struct_size = sizeof st;
+    CALLED("eevp_ctx_stats"); ck_assert_int_eq(eevp_ctx_stats(ctx, &st), EEVP_OK);
+    CALLED("eevp_ctx_exit_histogram"); ck_assert_int_eq(eevp_ctx_exit_histogram(ctx, hist, 8),
+                                                        EEVP_OK);
+    CALLED("eevp_ctx_set_size_histogram");
+        ck_assert_int_eq(eevp_ctx_set_size_histogram(ctx, hist, 8), EEVP_OK);
+    CALLED("eevp_ctx_stats_reset"); ck_assert_int_eq(eevp_ctx_stats_reset(ctx), EEVP_OK);
+    CALLED("eevp_ctx_reset"); ck_assert_int_eq(eevp_ctx_reset(ctx), EEVP_OK);
+    CALLED("eevp_head_workspace_size"); ck_assert_int_gt(eevp_head_workspace_size(h, 2), 0);
+    CALLED("eevp_head_logits"); ck_assert_int_ne(eevp_head_logits(h, 2, hid, HLD, z, CV / 2, work),
+                                                  EEVP_OK); /* an error allocates nothing either */
+    ck_assert_int_eq(eevp_head_logits(h, 1, hid, HLD, z, CV, work), EEVP_OK);
+    {
+        float rows[4 * CD], rb[4];
+        int32_t g[4] = { 0, 9, 59, 9 };
+        CALLED("eevp_head_gather"); ck_assert_int_eq(eevp_head_gather(h, g, 4, rows, CD, rb),
+                                                     EEVP_OK);
+        CALLED("eevp_head_pruned_logits");
+            ck_assert_int_eq(eevp_head_pruned_logits(h, 4, rows, CD, rb, 1, hid, HLD, z, 4, work),
+                             EEVP_OK);
+    }
+    {
+        int64_t tws = eevp_topk_workspace_size(CV, 5);
+        void *tw = canary_alloc_bytes((size_t)tws);
+        CALLED("eevp_topk_workspace_size");
+        CALLED("eevp_topk"); ck_assert_int_eq(eevp_topk(z, CV, 5, 0, ids, NULL, tw), EEVP_OK);
+        canary_free_bytes(tw);
+    }
+    CALLED("eevp_head_screen_workspace_size");
+        ck_assert_int_gt(eevp_head_screen_workspace_size(hs, 4), 0);
+    CALLED("eevp_head_screen"); ck_assert_int_eq(eevp_head_screen(hs, hid, 4, ids, z, sw), EEVP_OK);
+    ck_assert_msg(t.n_calls == calls, "%lld allocation requests outside the creators",
+                  (long long)(t.n_calls - calls));
+    CALLED("eevp_ctx_free"); eevp_ctx_free(ctx);
+    CALLED("eevp_head_free"); eevp_head_free(h);
+    eevp_head_free(hs);
+    ck_assert_int_eq(t.n_calls, calls);
+    ck_assert_int_eq(t.live, 0);
+    canary_free_bytes(work);
+    canary_free_bytes(sw);
+    free(W);
+    free(b);
+
+    /* Every exported function is a creator (swept above) or was called. */
+    fp = fopen("tests/symbols.txt", "r");
+    ck_assert_msg(fp != NULL, "tests/symbols.txt not found (run from the source root)");
+    while (fgets(line, sizeof line, fp)) {
+        int found = 0, k;
+        line[strcspn(line, "\r\n")] = '\0';
+        if (!line[0])
+            continue;
+        for (k = 0; k < 2; k++)
+            found |= strcmp(line, creators[k]) == 0;
+        for (k = 0; k < n_seen; k++)
+            found |= strcmp(line, seen[k]) == 0;
+        if (!found) {
+            fprintf(stderr, "check_oom: %s is neither swept nor checked not to allocate\n", line);
+            missing++;
+        }
+    }
+    fclose(fp);
+    ck_assert_msg(missing == 0, "%d public functions not covered by the allocation tests",
+                  missing);
+}
+END_TEST
+
 Suite *make_oom_suite(void)
 {
     Suite *s = suite_create("oom");
@@ -460,6 +843,13 @@ Suite *make_oom_suite(void)
     tcase_set_timeout(tc, 60);
     tcase_add_loop_test(tc, test_oom_head, 0, N_HCFG);
     tcase_add_loop_test(tc, test_oom_ctx, 0, N_CCFG);
+    suite_add_tcase(s, tc);
+
+    tc = tcase_create("options");
+    tcase_set_timeout(tc, 60);
+    tcase_add_loop_test(tc, test_oom_head_storage, 0, N_H2CFG);
+    tcase_add_loop_test(tc, test_oom_ctx_policies, 0, N_PCFG);
+    tcase_add_test(tc, test_only_creators_allocate);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("steady");

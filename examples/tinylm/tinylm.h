@@ -1,0 +1,108 @@
+/*
+ * tinylm.h - internal interfaces of the tinylm reference runtime: a
+ * Llama-architecture decoder (fp32 compute) that loads Hugging Face checkpoint
+ * directories and decodes with libeevp's early exit.  Not part of libeevp.
+ */
+#ifndef TINYLM_H
+#define TINYLM_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---- checkpoint (ckpt.c) ------------------------------------------------ */
+
+typedef struct tl_config {
+    int32_t vocab_size, hidden_size, intermediate_size, n_layers;
+    int32_t n_heads, n_kv_heads, head_dim, max_pos;
+    float rms_eps;
+    double rope_theta;
+    int32_t tie_embeddings;
+    int32_t bos_id, eos_id;
+} tl_config;
+
+typedef struct tl_layer {
+    const float *attn_norm, *wq, *wk, *wv, *wo;
+    const float *ffn_norm, *w_gate, *w_up, *w_down;
+} tl_layer;
+
+typedef struct tl_file tl_file; /* one mapped safetensors file */
+
+typedef struct tl_model {
+    tl_config cfg;
+    const float *embed;      /* V x d */
+    const float *lm_head;    /* V x d (== embed when tied) */
+    const float *final_norm; /* d */
+    tl_layer *layers;
+    /* ownership */
+    tl_file *files;
+    int32_t n_files;
+    float *arena;            /* fp32 copies of half / unaligned tensors */
+    size_t arena_floats;
+    size_t in_place_floats;  /* fp32 tensors used straight from the map */
+    char tokenizer_path[4096];
+} tl_model;
+
+/* Load the checkpoint directory `dir`.  0 on success; otherwise -1 and a
+ * message naming the file (and tensor) in msg. */
+int tl_model_load(tl_model *m, const char *dir, char *msg, size_t msg_size);
+void tl_model_free(tl_model *m);
+
+/* Parse one safetensors file into a list (for tests/inspection): prints the
+ * tensors to stdout.  0 or -1 with msg. */
+int tl_safetensors_list(const char *path, char *msg, size_t msg_size);
+
+/* ---- forward pass (llama.c) --------------------------------------------- */
+
+typedef struct tl_state {
+    const tl_model *m;
+    int32_t max_seq;
+    float *kcache, *vcache;  /* [layer][pos][n_kv_heads*head_dim] */
+    float *rope_cos, *rope_sin; /* [pos][head_dim/2] */
+    float *xn, *q, *k, *v, *att, *scores, *hb, *hb2, *tmp;
+} tl_state;
+
+int tl_state_init(tl_state *s, const tl_model *m, int32_t max_seq);
+void tl_state_free(tl_state *s);
+/* x = embedding of token */
+void tl_embed(const tl_state *s, int32_t token, float *x);
+/* Run layer l on the residual stream x (d floats) of the token at pos,
+ * storing its K/V in the cache. */
+void tl_layer_forward(tl_state *s, int32_t l, int32_t pos, float *x);
+/* State propagation: layer l computes only its K/V for the token at pos,
+ * taking x (the exit hidden state) as its input. */
+void tl_layer_kv_only(tl_state *s, int32_t l, int32_t pos, const float *x);
+/* K or V cache row of layer l at pos (n_kv_heads*head_dim floats). */
+const float *tl_cache_k(const tl_state *s, int32_t l, int32_t pos);
+const float *tl_cache_v(const tl_state *s, int32_t l, int32_t pos);
+
+/* ---- tokenizer (tok.cc, Debian's libsentencepiece) ---------------------- */
+
+typedef struct tl_tok tl_tok;
+tl_tok *tl_tok_load(const char *path, char *msg, size_t msg_size);
+void tl_tok_free(tl_tok *t);
+/* Encode text (no BOS); returns the number of ids (may exceed cap: only cap
+ * are written), or -1. */
+int64_t tl_tok_encode(tl_tok *t, const char *text, int32_t *ids, int64_t cap);
+/* Decode ids into a malloc'd string (caller frees). */
+char *tl_tok_decode(tl_tok *t, const int32_t *ids, int64_t n);
+int32_t tl_tok_vocab(const tl_tok *t);
+int32_t tl_tok_bos(const tl_tok *t);
+int32_t tl_tok_eos(const tl_tok *t);
+
+/* ---- WordNet text (text.c) ------------------------------------------------ */
+
+/* The glosses of Debian's wordnet-base, one line per synset, split like
+ * train/wordnet_text.py: split 0 = train, 1 = validation, 2 = test.
+ * Returns a malloc'd array of malloc'd lines, count in *n; NULL on error. */
+char **tl_wordnet_lines(const char *dir, int split, int64_t *n, char *msg, size_t msg_size);
+void tl_lines_free(char **lines, int64_t n);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

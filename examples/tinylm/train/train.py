@@ -1,0 +1,271 @@
+#!/usr/bin/python3
+"""Train tinylm: a sentencepiece vocabulary and a small Llama-style early-exit
+LM on WordNet's glosses (Debian wordnet-base), written in the Hugging Face
+layout to examples/tinylm/model/.
+
+    /usr/bin/python3 examples/tinylm/train/train.py [--steps N] [--threads T]
+
+The loss is CALM's early-exit loss: a cross-entropy at every layer through
+the shared final norm and tied head, weighted by (l+1) / sum(l+1), with the
+intermediate layers' losses computed on a random subset of positions to keep
+the step affordable on a 2-core machine.  Fixed seed; a log goes to
+model/train_log.json.
+"""
+import argparse
+import json
+import math
+import os
+import random
+import sys
+import time
+
+import numpy as np
+import sentencepiece as spm
+import torch
+import torch.nn.functional as F
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+import wordnet_text  # noqa: E402
+from tinylm_model import Config, TinyLM, save_checkpoint  # noqa: E402
+
+
+def encode_stream(sp, lines, bos):
+    ids = []
+    for line in lines:
+        ids.append(bos)
+        ids.extend(sp.encode(line))
+    return np.array(ids, dtype=np.int64)
+
+
+def bigram_eval(train, test, V):
+    """Held-out perplexity and accuracy of an add-one... interpolated bigram
+    (0.9 bigram + 0.1 add-one unigram), counted on the training stream."""
+    pair = train[:-1] * V + train[1:]
+    keys, counts = np.unique(pair, return_counts=True)
+    uni = np.bincount(train, minlength=V).astype(np.float64)
+    puni = (uni + 1) / (uni.sum() + V)
+    prev_tot = np.bincount(train[:-1], minlength=V).astype(np.float64)
+    # best next token per previous token
+    best = np.zeros(V, dtype=np.int64)
+    bestc = np.zeros(V, dtype=np.int64)
+    prev = keys // V
+    order = np.lexsort((-counts, prev))
+    seen = np.zeros(V, dtype=bool)
+    for i in order:
+        p = prev[i]
+        if not seen[p]:
+            seen[p] = True
+            best[p] = keys[i] % V
+            bestc[p] = counts[i]
+    best[~seen] = int(np.argmax(uni))
+    q = test[:-1] * V + test[1:]
+    idx = np.searchsorted(keys, q)
+    idx[idx >= len(keys)] = 0
+    c = np.where(keys[idx] == q, counts[idx], 0).astype(np.float64)
+    tot = prev_tot[test[:-1]]
+    pb = np.where(tot > 0, c / np.maximum(tot, 1), 0.0)
+    p = 0.9 * pb + 0.1 * puni[test[1:]]
+    ppl = float(np.exp(-np.mean(np.log(p))))
+    acc = float(np.mean(best[test[:-1]] == test[1:]))
+    return ppl, acc
+
+
+@torch.no_grad()
+def evaluate(model, stream, seq, max_tokens):
+    model.eval()
+    L = model.cfg.num_hidden_layers
+    nll = np.zeros(L)
+    hit = np.zeros(L)
+    n = 0
+    for start in range(0, min(len(stream) - 1, max_tokens), seq):
+        x = torch.from_numpy(stream[start:start + seq + 1])
+        if len(x) < 2:
+            break
+        inp, tgt = x[:-1][None], x[1:]
+        hs = model.hidden_states(inp)
+        for l, h in enumerate(hs):
+            lg = model.logits(h)[0]
+            nll[l] += F.cross_entropy(lg, tgt, reduction="sum").item()
+            hit[l] += (lg.argmax(-1) == tgt).sum().item()
+        n += len(tgt)
+    model.train()
+    return [float(math.exp(v / n)) for v in nll], [float(v / n) for v in hit], n
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default=os.path.join(HERE, "..", "model"))
+    ap.add_argument("--steps", type=int, default=450)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--seq", type=int, default=128)
+    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--warmup", type=int, default=20)
+    ap.add_argument("--sub", type=float, default=0.125,
+                    help="share of positions for the intermediate exit losses")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=1234)
+    ap.add_argument("--vocab", type=int, default=8192)
+    ap.add_argument("--dtype", default="F16", choices=["F16", "BF16", "F32"])
+    ap.add_argument("--stop-at", type=int, default=0,
+                    help="stop after this step (the schedule still spans --steps)")
+    ap.add_argument("--eval-only", metavar="TRAIN_LOG", default=None,
+                    help="only evaluate the checkpoint in --out; TRAIN_LOG is the text "
+                         "log of the run that wrote it (its step lines are kept)")
+    args = ap.parse_args()
+    stop = args.stop_at if args.stop_at > 0 else args.steps
+
+    t0 = time.time()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    out = os.path.abspath(args.out)
+    os.makedirs(out, exist_ok=True)
+
+    lines = wordnet_text.read_lines()
+    train_l, val_l, test_l = wordnet_text.split(lines)
+    print(f"synsets: train {len(train_l)} val {len(val_l)} test {len(test_l)}", flush=True)
+
+    # Tokenizer: Llama-style BPE with byte fallback (unk 0, bos 1, eos 2).
+    if args.eval_only:
+        return evaluate_only(args, out, train_l, val_l, test_l, t0)
+    tmp = os.path.join(out, ".train_text.txt")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write("\n".join(train_l) + "\n")
+    spm.SentencePieceTrainer.train(
+        input=tmp, model_prefix=os.path.join(out, "tokenizer"), vocab_size=args.vocab,
+        model_type="bpe", byte_fallback=True, character_coverage=1.0,
+        split_digits=True, num_threads=args.threads, seed_sentencepiece_size=200000,
+        input_sentence_size=0, shuffle_input_sentence=False, minloglevel=2,
+        unk_id=0, bos_id=1, eos_id=2, pad_id=-1)
+    os.remove(tmp)
+    os.remove(os.path.join(out, "tokenizer.vocab"))
+    sp = spm.SentencePieceProcessor(model_file=os.path.join(out, "tokenizer.model"))
+    t_tok = time.time() - t0
+    print(f"tokenizer trained in {t_tok:.0f} s", flush=True)
+
+    bos = sp.bos_id()
+    train_s = encode_stream(sp, train_l, bos)
+    val_s = encode_stream(sp, val_l, bos)
+    test_s = encode_stream(sp, test_l, bos)
+    print(f"tokens: train {len(train_s)} val {len(val_s)} test {len(test_s)}", flush=True)
+
+    cfg = Config(vocab_size=args.vocab)
+    model = TinyLM(cfg)
+    L = cfg.num_hidden_layers
+    nparam = sum(p.numel() for p in model.parameters())
+    print(f"parameters: {nparam}", flush=True)
+    w = torch.arange(1, L + 1, dtype=torch.float32)
+    w = w / w.sum()
+
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1},
+                             {"params": no_decay, "weight_decay": 0.0}],
+                            lr=args.lr, betas=(0.9, 0.95))
+    gen = torch.Generator().manual_seed(args.seed)
+    B, T = args.batch, args.seq
+    nsub = max(1, int(args.sub * B * T))
+    log = []
+    t_train = time.time()
+    for step in range(1, stop + 1):
+        if step <= args.warmup:
+            lr = args.lr * step / args.warmup
+        else:
+            pr = (step - args.warmup) / max(1, args.steps - args.warmup)
+            lr = args.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * pr)))
+        for g in opt.param_groups:
+            g["lr"] = lr
+        starts = torch.randint(0, len(train_s) - T - 1, (B,), generator=gen)
+        x = torch.stack([torch.from_numpy(train_s[s:s + T + 1]) for s in starts.tolist()])
+        inp, tgt = x[:, :-1], x[:, 1:].reshape(-1)
+        hs = model.hidden_states(inp)
+        sub = torch.randperm(B * T, generator=gen)[:nsub]
+        losses = []
+        for l, h in enumerate(hs):
+            hf = h.reshape(B * T, -1)
+            if l == L - 1:
+                losses.append(F.cross_entropy(model.logits(hf), tgt))
+            else:
+                losses.append(F.cross_entropy(model.logits(hf[sub]), tgt[sub]))
+        loss = sum(wl * ll for wl, ll in zip(w.tolist(), losses))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        per = [round(v.item(), 4) for v in losses]
+        if step % 10 == 0 or step == 1:
+            el = time.time() - t_train
+            print(f"step {step} lr {lr:.2e} loss {loss.item():.4f} per-layer {per} "
+                  f"{el / step:.2f} s/step", flush=True)
+            log.append({"step": step, "loss": loss.item(), "per_layer": per})
+        if step % 50 == 0 or step == stop:
+            save_checkpoint(model, out, args.dtype)
+    train_time = time.time() - t_train
+
+    result = {
+        "command": " ".join(["/usr/bin/python3"] + sys.argv),
+        "seed": args.seed, "steps_schedule": args.steps, "steps_done": stop, "batch": B,
+        "seq": T, "lr": args.lr, "intermediate_loss_positions": args.sub,
+        "threads": args.threads, "parameters": nparam, "dtype": args.dtype,
+        "tokenizer_seconds": round(t_tok, 1), "train_seconds": round(train_time, 1),
+        "log": log,
+    }
+    finish(result, out, sp, train_s, val_s, test_s, T, t0)
+
+
+def finish(result, out, sp, train_s, val_s, test_s, T, t0):
+    """Evaluate the saved (half precision) weights, as shipped; write the log."""
+    from tinylm_model import load_checkpoint
+    t_eval = time.time()
+    shipped = load_checkpoint(out)
+    ppl_val, acc_val, n_val = evaluate(shipped, val_s, T, 8192)
+    ppl_test, acc_test, n_test = evaluate(shipped, test_s, T, 8192)
+    V = shipped.cfg.vocab_size
+    big_ppl_test, big_acc_test = bigram_eval(train_s, test_s[:n_test + 1], V)
+    big_ppl_val, big_acc_val = bigram_eval(train_s, val_s[:n_val + 1], V)
+    log = result.get("log", [])
+    result.update({
+        "tokens": {"train": int(len(train_s)), "val": int(len(val_s)), "test": int(len(test_s))},
+        "final_train_loss_per_layer": log[-1]["per_layer"] if log else [],
+        "val": {"tokens": n_val, "ppl_per_layer": ppl_val, "acc_per_layer": acc_val,
+                "bigram_ppl": big_ppl_val, "bigram_acc": big_acc_val},
+        "test": {"tokens": n_test, "ppl_per_layer": ppl_test, "acc_per_layer": acc_test,
+                 "bigram_ppl": big_ppl_test, "bigram_acc": big_acc_test},
+        "eval_seconds": round(time.time() - t_eval, 1),
+    })
+    with open(os.path.join(out, "train_log.json"), "w") as f:
+        json.dump(result, f, indent=1)
+        f.write("\n")
+    print(json.dumps({k: v for k, v in result.items() if k != "log"}, indent=1), flush=True)
+
+
+def evaluate_only(args, out, train_l, val_l, test_l, t0):
+    import re
+    sp = spm.SentencePieceProcessor(model_file=os.path.join(out, "tokenizer.model"))
+    bos = sp.bos_id()
+    train_s = encode_stream(sp, train_l, bos)
+    val_s = encode_stream(sp, val_l, bos)
+    test_s = encode_stream(sp, test_l, bos)
+    log, header = [], {}
+    pat = re.compile(r"step (\d+) lr \S+ loss (\S+) per-layer \[([^\]]*)\] (\S+) s/step")
+    with open(args.eval_only) as f:
+        for line in f:
+            m = pat.match(line)
+            if m:
+                log.append({"step": int(m.group(1)), "loss": float(m.group(2)),
+                            "per_layer": [float(x) for x in m.group(3).split(",")],
+                            "mean_s_per_step": float(m.group(4))})
+            elif line.startswith("tokenizer trained in"):
+                header["tokenizer_seconds"] = float(line.split()[3])
+    result = dict(header)
+    result.update({"eval_only": True, "train_log": os.path.basename(args.eval_only),
+                   "log": log})
+    if log:
+        result["train_seconds"] = round(log[-1]["step"] * log[-1]["mean_s_per_step"], 1)
+    finish(result, out, sp, train_s, val_s, test_s, args.seq, t0)
+
+
+if __name__ == "__main__":
+    main()

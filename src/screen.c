@@ -1,0 +1,118 @@
+/* screen.c - the opt-in approximate pruning step: an int8 copy of W (one
+ * scale per row, built at head creation) ranks the whole vocabulary, the
+ * best screen_mult * K rows get their exact logits from W, and the best K of
+ * those form the pruned set.  The hidden state is quantised to int8 too
+ * (one scale), so the ranking costs one byte of W per element instead of
+ * four.  Recall is measured in docs/BENCHMARKS.md. */
+#include "internal.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+
+static int cmp_id(const void *a, const void *b)
+{
+    const int32_t x = *(const int32_t *)a, y = *(const int32_t *)b;
+    return (x > y) - (x < y);
+}
+
+static int64_t pad32(int64_t d)
+{
+    return (d + 31) & ~(int64_t)31;
+}
+
+/* Work layout: xq (padded), approximate logits (V), screened ids and exact
+ * logits (m each), top-k pairs (for V and m). */
+int64_t eevpi_screen_work_size(const eevp_head *h, int32_t k)
+{
+    const int64_t m = (int64_t)h->screen_mult * k < h->V ? (int64_t)h->screen_mult * k : h->V;
+    return pad32(h->d) + 64 + (h->V + 2 * m + 16) * 4 +
+           (eevpi_topk_pairs(h->V, (int32_t)m) + 2) * (int64_t)sizeof(eevpi_pair);
+}
+
+int eevpi_head_screen(const eevp_head *h, const float *xn, int32_t k, int32_t *ids, float *z,
+                      void *work)
+{
+    const int64_t d = h->d, V = h->V;
+    const int32_t m = (int32_t)((int64_t)h->screen_mult * k < V ? (int64_t)h->screen_mult * k : V);
+    unsigned char *p = (unsigned char *)work;
+    int8_t *xq = (int8_t *)p;
+    float *za, *ze, amax = 0.0f, xs, inv;
+    int32_t *sid, j;
+    eevpi_pair *pairs;
+    int64_t c;
+    int rc;
+
+    p += pad32(d) + 64;
+    p += (64 - (uintptr_t)p % 64) % 64;
+    za = (float *)p;
+    sid = (int32_t *)(za + V);
+    ze = (float *)(sid + m);
+    pairs = (eevpi_pair *)(void *)(ze + m + 8);
+    pairs = (eevpi_pair *)(void *)((unsigned char *)pairs +
+                                   (8 - (uintptr_t)pairs % 8) % 8);
+
+    for (c = 0; c < d; c++)
+        if (fabsf(xn[c]) > amax)
+            amax = fabsf(xn[c]);
+    xs = amax > 0.0f ? amax / 127.0f : 1.0f;
+    inv = 1.0f / xs;
+    for (c = 0; c < d; c++)
+        xq[c] = (int8_t)lrintf(xn[c] * inv);
+    memset(xq + d, 0, (size_t)(pad32(d) - d));
+
+    /* Rank by scale * dot + bias; the soft-cap is monotone. */
+    h->dk->dot_q8(h->Wq, V, d, xq, h->qscale, xs * h->scale, za);
+    if (h->bias)
+        for (c = 0; c < V; c++)
+            za[c] += h->bias[c];
+    if ((rc = eevpi_topk(h->kern, za, V, m, 0, sid, NULL, pairs)) != EEVP_OK)
+        return rc;
+    /* Ascending ids: rows read in memory order, and the selection's index
+     * tie-break becomes the id tie-break of the order. */
+    qsort(sid, (size_t)m, sizeof *sid, cmp_id);
+    for (j = 0; j < m; j++) {
+        const int64_t v = sid[j];
+        h->dk->dot(h->wtype,
+                   h->wtype == EEVP_WEIGHT_F32 ? (const void *)(h->W + v * h->stride)
+                                               : (const void *)(h->W16 + v * h->stride),
+                   h->stride, 1, d, 1, xn, d, ze + j, 1);
+        ze[j] = ze[j] * h->scale + (h->bias ? h->bias[v] : 0.0f);
+        if (h->cap > 0.0f && ze[j] > -INFINITY)
+            ze[j] = h->cap * tanhf(ze[j] / h->cap);
+    }
+    if ((rc = eevpi_topk(h->kern, ze, m, k, 0, ids, z, pairs)) != EEVP_OK)
+        return rc;
+    for (j = 0; j < k; j++)
+        ids[j] = (int32_t)(sid[ids[j]] + h->offset);
+    return EEVP_OK;
+}
+
+/* ---- public kernel ---- */
+
+EEVP_API int64_t eevp_head_screen_workspace_size(const eevp_head *h, int32_t k)
+{
+    if (!h)
+        return EEVP_EINVAL;
+    if (!h->screen_mult)
+        return EEVP_EINVAL;
+    if (k < 1 || k > h->V)
+        return EEVP_ERANGE;
+    return h->d * 4 + 64 + eevpi_screen_work_size(h, k);
+}
+
+EEVP_API int eevp_head_screen(const eevp_head *h, const float *hidden, int32_t k, int32_t *ids,
+                              float *logits, void *work)
+{
+    float *xn;
+    if (!h || !hidden || !ids || !work || !h->screen_mult)
+        return EEVP_EINVAL;
+    if (k < 1 || k > h->V)
+        return EEVP_ERANGE;
+    xn = (float *)work;
+    if (eevpi_head_norm(h, hidden, xn) != EEVP_OK)
+        return EEVP_ENONFINITE;
+    return eevpi_head_screen(h, xn, k, ids, logits,
+                             (unsigned char *)work + ((h->d * 4 + 63) & ~(int64_t)63));
+}

@@ -1,0 +1,350 @@
+/*
+ * check_batch.c - batch invariance.
+ *
+ * A pool of 16 sequences, each with its own hidden states for every layer,
+ * built so that they exit at different depths.  The reference for each is
+ * its run alone, in a batch of one.  Then batches of 1 to 16 sequences drawn
+ * from the pool in shuffled orders, handed over in every row form (all rows,
+ * compacted, a shuffled row map):
+ *  - with EEVP_CTX_BATCH_INVARIANT, every sequence's result (reason, token,
+ *    exit layer, pruned flag, confidence, threshold) and candidate list
+ *    (logits and ids) must equal its reference bit for bit;
+ *  - without it, the logits of the same decision stay within twice the
+ *    rounding bound of a float dot product (ref_bound in ref.h:
+ *    4 d eps sum|W_v,c x_c| + 4 eps |z|, each side within it of the exact
+ *    value), and a decision may differ only where the reference's own
+ *    confidence is within 1e-4 of lambda or its top-2 within that bound.
+ * Configurations cover pruned and full-vocabulary decisions, every
+ * criterion family, a wide head (SGEMM's blocking at work) and re-pruning.
+ */
+#include <check.h>
+#include <float.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "eevp.h"
+#include "ref.h"
+
+Suite *make_batch_suite(void);
+
+enum { POOL = 16, SHUFFLES = 3 };
+
+typedef struct bcfg {
+    const char *name;
+    int V, d, L, f, k, crit, final_, norm, reprune_every;
+    float threshold;
+} bcfg;
+
+static const bcfg bcfgs[] = {
+    { "top2, pruned", 400, 64, 6, 1, 16, EEVP_CRITERION_TOP2_GAP, EEVP_FINAL_FULL,
+      EEVP_NORM_RMS, 0, 0.8f },
+    { "maxprob, no pruning", 300, 48, 5, 0, 0, EEVP_CRITERION_MAX_PROB, EEVP_FINAL_FULL,
+      EEVP_NORM_LAYER, 0, 0.95f },
+    { "js, pruned final", 257, 40, 6, 1, 12, EEVP_CRITERION_JS, EEVP_FINAL_PRUNED,
+      EEVP_NORM_NONE, 0, 0.97f },
+    { "saturation", 300, 33, 6, 1, 0, EEVP_CRITERION_SATURATION, EEVP_FINAL_FULL,
+      EEVP_NORM_RMS, 0, 0.98f },
+    { "entropy, re-pruning", 500, 96, 7, 1, 20, EEVP_CRITERION_ENTROPY, EEVP_FINAL_FULL,
+      EEVP_NORM_RMS, 2, 0.97f },
+};
+#define N_BCFG ((int)(sizeof bcfgs / sizeof bcfgs[0]))
+
+typedef struct outcome {
+    eevp_result r;
+    int32_t n;
+    float *z;
+    int32_t *ids;
+} outcome;
+
+typedef struct fixture {
+    const bcfg *c;
+    float *W;
+    float *hid; /* [L][POOL][d]: layer l, sequence p */
+    eevp_head *h;
+    ref_head rh;
+} fixture;
+
+static void fixture_make(fixture *fx, const bcfg *c, uint32_t seed)
+{
+    int32_t l, p, j;
+    size_t nW = (size_t)c->V * (size_t)c->d;
+    fx->c = c;
+    fx->W = malloc(nW * sizeof(float));
+    fx->hid = malloc((size_t)c->L * POOL * (size_t)c->d * sizeof(float));
+    ck_assert(fx->W && fx->hid);
+    fill_random(fx->W, (int64_t)nW, &seed, -1, 1);
+    /* h_l = noise + a_p (l+1)/L W[target]: sequence p sharpens towards its
+     * target at rate a_p (0 for some: they reach the last layer). */
+    for (p = 0; p < POOL; p++) {
+        double a = (p % 4) * 0.9;
+        int32_t target = (p * 37) % c->V;
+        for (l = 0; l < c->L; l++)
+            for (j = 0; j < c->d; j++)
+                fx->hid[((size_t)l * POOL + p) * c->d + j] =
+                    (float)(ref_rand_unit(&seed) - 0.5) +
+                    (float)(a * (l + 1) / c->L * fx->W[(size_t)target * c->d + j] * 3.0);
+    }
+    {
+        eevp_head_options o = EEVP_HEAD_OPTIONS_INIT;
+        o.n_vocab = c->V;
+        o.dim = c->d;
+        o.weights = fx->W;
+        o.norm = c->norm;
+        o.vocab_offset = 10;
+        fx->h = NULL;
+        ck_assert_int_eq(eevp_head_create(&fx->h, &o, NULL, 0), EEVP_OK);
+        memset(&fx->rh, 0, sizeof fx->rh);
+        fx->rh.V = c->V;
+        fx->rh.d = c->d;
+        fx->rh.stride = c->d;
+        fx->rh.offset = 10;
+        fx->rh.W = fx->W;
+        fx->rh.norm = c->norm;
+        fx->rh.eps = (double)o.norm_eps;
+        fx->rh.scale = 1;
+    }
+}
+
+static void fixture_free(fixture *fx)
+{
+    eevp_head_free(fx->h);
+    free(fx->W);
+    free(fx->hid);
+}
+
+static eevp_ctx *make_ctx(const fixture *fx, uint32_t flags)
+{
+    const bcfg *c = fx->c;
+    eevp_ctx_options o = EEVP_CTX_OPTIONS_INIT;
+    eevp_ctx *ctx = NULL;
+    char msg[160];
+    int rc;
+    o.n_layers = c->L;
+    o.max_batch = POOL;
+    o.k = c->k;
+    o.first_layer = c->f;
+    o.prune_layer = c->k ? 0 : -1;
+    o.criterion = c->crit;
+    o.final_policy = c->final_;
+    o.threshold = c->threshold;
+    o.reprune_every = c->reprune_every;
+    o.flags = flags;
+    rc = eevp_ctx_create(&ctx, fx->h, &o, msg, sizeof msg);
+    ck_assert_msg(rc == EEVP_OK, "%s: %s", c->name, msg);
+    return ctx;
+}
+
+/* Run one step with members[0..n-1] (pool indices) in batch rows 0..n-1,
+ * handing rows over in form `form` (0 all rows, 1 compacted, 2 a shuffled
+ * row map); fill out[i] for batch row i. */
+static void run_batch(const fixture *fx, eevp_ctx *ctx, const int32_t *members, int32_t n,
+                      int form, uint32_t *seed, outcome *out)
+{
+    const bcfg *c = fx->c;
+    const int64_t d = c->d;
+    float *rows = malloc((size_t)n * (size_t)d * sizeof(float));
+    int32_t map[POOL], l, i, m, cap = c->V;
+
+    ck_assert_ptr_nonnull(rows);
+    ck_assert_int_eq(eevp_step_begin(ctx, n, NULL), EEVP_OK);
+    for (l = 0; l < c->L && eevp_step_n_running(ctx) > 0; l++) {
+        int rc;
+        m = 0;
+        for (i = 0; i < n; i++) {
+            eevp_result r;
+            r.struct_size = sizeof r;
+            ck_assert_int_eq(eevp_step_result(ctx, i, &r), EEVP_OK);
+            if (form == 0 || r.reason == EEVP_REASON_RUNNING)
+                map[m++] = i;
+        }
+        if (form == 2) /* shuffle the row order */
+            for (i = m - 1; i > 0; i--) {
+                int32_t j = (int32_t)(ref_rand_u32(seed) % (uint32_t)(i + 1)), t = map[i];
+                map[i] = map[j];
+                map[j] = t;
+            }
+        for (i = 0; i < m; i++)
+            memcpy(rows + (size_t)i * d, fx->hid + ((size_t)l * POOL + members[map[i]]) * d,
+                   (size_t)d * sizeof(float));
+        rc = eevp_step_layer(ctx, l, rows, d, m, form == 2 ? map : NULL);
+        ck_assert_msg(rc == EEVP_OK, "%s: layer %d: %d %s", c->name, l, rc,
+                      eevp_ctx_errmsg(ctx));
+    }
+    ck_assert_int_eq(eevp_step_end(ctx), EEVP_OK);
+    for (i = 0; i < n; i++) {
+        out[i].r.struct_size = sizeof out[i].r;
+        ck_assert_int_eq(eevp_step_result(ctx, i, &out[i].r), EEVP_OK);
+        out[i].z = malloc((size_t)cap * sizeof(float));
+        out[i].ids = malloc((size_t)cap * sizeof(int32_t));
+        ck_assert(out[i].z && out[i].ids);
+        ck_assert_int_eq(eevp_step_candidates(ctx, i, cap, out[i].z, out[i].ids, &out[i].n),
+                         EEVP_OK);
+    }
+    free(rows);
+}
+
+static void outcome_free(outcome *o, int32_t n)
+{
+    int32_t i;
+    for (i = 0; i < n; i++) {
+        free(o[i].z);
+        free(o[i].ids);
+    }
+}
+
+static int bitwise_same(const outcome *a, const outcome *b)
+{
+    return a->r.reason == b->r.reason && a->r.status == b->r.status &&
+           a->r.token == b->r.token && a->r.layer == b->r.layer && a->r.pruned == b->r.pruned &&
+           memcmp(&a->r.confidence, &b->r.confidence, sizeof(float)) == 0 &&
+           memcmp(&a->r.threshold, &b->r.threshold, sizeof(float)) == 0 && a->n == b->n &&
+           memcmp(a->z, b->z, (size_t)a->n * sizeof(float)) == 0 &&
+           memcmp(a->ids, b->ids, (size_t)a->n * sizeof(int32_t)) == 0;
+}
+
+/* Without the flag: the same decision's logits within twice the bound. */
+static int within_bound(const fixture *fx, int32_t p, const outcome *a, const outcome *b)
+{
+    const bcfg *c = fx->c;
+    double *z = malloc((size_t)c->V * sizeof(double)), *as = malloc((size_t)c->V * sizeof(double));
+    int32_t j;
+    int ok = 1;
+    ck_assert(z && as);
+    ref_logits(&fx->rh, fx->hid + ((size_t)a->r.layer * POOL + p) * c->d, z, as);
+    for (j = 0; j < a->n && ok; j++) {
+        int32_t v = a->ids[j] - 10;
+        /* Ids may swap places on a tie within the bound: compare by id. */
+        int32_t k;
+        for (k = 0; k < b->n && b->ids[k] != a->ids[j]; k++)
+            ;
+        if (k == b->n)
+            continue;
+        ok = fabs((double)a->z[j] - (double)b->z[k]) <= 2.0 * ref_bound(c->d, as[v], z[v]);
+    }
+    free(z);
+    free(as);
+    return ok;
+}
+
+/* A decision the rounding may flip: the solo run's confidence within 1e-4
+ * of lambda at its deciding layer, or its top-2 logits within the bound. */
+static int fragile(const outcome *solo)
+{
+    return fabsf(solo->r.confidence - solo->r.threshold) < 1e-4f ||
+           (solo->n > 1 && fabsf(solo->z[0] - solo->z[1]) < 1e-4f * (1.0f + fabsf(solo->z[0])));
+}
+
+START_TEST(test_batch_invariant)
+{
+    const bcfg *c = &bcfgs[_i];
+    fixture fx;
+    eevp_ctx *solo_ctx, *inv, *plain;
+    outcome solo[POOL], got[POOL];
+    uint32_t seed = 2024u + (uint32_t)_i;
+    int32_t p, n, s, i, members[POOL];
+    int64_t compared = 0, flips = 0, exits[2] = { 0, 0 };
+
+    fixture_make(&fx, c, 600u + (uint32_t)_i);
+    solo_ctx = make_ctx(&fx, EEVP_CTX_BATCH_INVARIANT);
+    inv = make_ctx(&fx, EEVP_CTX_BATCH_INVARIANT);
+    plain = make_ctx(&fx, 0);
+    for (p = 0; p < POOL; p++) {
+        run_batch(&fx, solo_ctx, &p, 1, 0, &seed, &solo[p]);
+        exits[solo[p].r.reason == EEVP_REASON_CONFIDENT]++;
+    }
+    /* The pool must mix early exits and last-layer ones to mean anything. */
+    ck_assert_msg(exits[0] > 0 && exits[1] > 0, "%s: %lld early, %lld last", c->name,
+                  (long long)exits[1], (long long)exits[0]);
+
+    for (n = 1; n <= POOL; n++)
+        for (s = 0; s < SHUFFLES; s++) {
+            const int form = (n + s) % 3;
+            /* n distinct pool members in a random order. */
+            for (i = 0; i < POOL; i++)
+                members[i] = i;
+            for (i = POOL - 1; i > 0; i--) {
+                int32_t j = (int32_t)(ref_rand_u32(&seed) % (uint32_t)(i + 1)), t = members[i];
+                members[i] = members[j];
+                members[j] = t;
+            }
+            run_batch(&fx, inv, members, n, form, &seed, got);
+            for (i = 0; i < n; i++)
+                ck_assert_msg(bitwise_same(&got[i], &solo[members[i]]),
+                              "%s: batch %d (shuffle %d, form %d): sequence %d in row %d "
+                              "differs from its run alone (token %d/%d, layer %d/%d, c %a/%a)",
+                              c->name, n, s, form, members[i], i, got[i].r.token,
+                              solo[members[i]].r.token, got[i].r.layer, solo[members[i]].r.layer,
+                              (double)got[i].r.confidence,
+                              (double)solo[members[i]].r.confidence);
+            outcome_free(got, n);
+
+            run_batch(&fx, plain, members, n, form, &seed, got);
+            for (i = 0; i < n; i++) {
+                const outcome *ref = &solo[members[i]];
+                compared++;
+                if (got[i].r.token == ref->r.token && got[i].r.layer == ref->r.layer &&
+                    got[i].r.reason == ref->r.reason) {
+                    ck_assert_msg(within_bound(&fx, members[i], &got[i], ref),
+                                  "%s: batch %d: sequence %d's logits beyond the bound", c->name,
+                                  n, members[i]);
+                    ck_assert(fabsf(got[i].r.confidence - ref->r.confidence) < 1e-3f);
+                } else {
+                    flips++;
+                    ck_assert_msg(fragile(ref),
+                                  "%s: batch %d: sequence %d decided differently without the "
+                                  "flag (token %d/%d, layer %d/%d) far from any tie",
+                                  c->name, n, members[i], got[i].r.token, ref->r.token,
+                                  got[i].r.layer, ref->r.layer);
+                }
+            }
+            outcome_free(got, n);
+        }
+    ck_assert(flips * 10 <= compared);
+    outcome_free(solo, POOL);
+    eevp_ctx_free(solo_ctx);
+    eevp_ctx_free(inv);
+    eevp_ctx_free(plain);
+    fixture_free(&fx);
+}
+END_TEST
+
+/* The flag changes how, not what: one sequence alone gives the same token
+ * and exit layer with and without it. */
+START_TEST(test_flag_same_decisions_alone)
+{
+    const bcfg *c = &bcfgs[_i];
+    fixture fx;
+    eevp_ctx *a, *b;
+    outcome oa, ob;
+    uint32_t seed = 5;
+    int32_t p;
+
+    fixture_make(&fx, c, 900u + (uint32_t)_i);
+    a = make_ctx(&fx, EEVP_CTX_BATCH_INVARIANT);
+    b = make_ctx(&fx, 0);
+    for (p = 0; p < POOL; p++) {
+        run_batch(&fx, a, &p, 1, 0, &seed, &oa);
+        run_batch(&fx, b, &p, 1, 0, &seed, &ob);
+        ck_assert_msg((oa.r.token == ob.r.token && oa.r.layer == ob.r.layer) || fragile(&oa),
+                      "%s: sequence %d", c->name, p);
+        outcome_free(&oa, 1);
+        outcome_free(&ob, 1);
+    }
+    eevp_ctx_free(a);
+    eevp_ctx_free(b);
+    fixture_free(&fx);
+}
+END_TEST
+
+Suite *make_batch_suite(void)
+{
+    Suite *s = suite_create("batch");
+    TCase *tc = tcase_create("invariance");
+    tcase_set_timeout(tc, 120);
+    tcase_add_loop_test(tc, test_batch_invariant, 0, N_BCFG);
+    tcase_add_loop_test(tc, test_flag_same_decisions_alone, 0, N_BCFG);
+    suite_add_tcase(s, tc);
+    return s;
+}
