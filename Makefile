@@ -19,7 +19,8 @@ PKG_CONFIG ?= pkg-config
 # Debian packages the build and the tests need; `make deps` installs the
 # missing ones.
 DEB_PACKAGES := libopenblas-dev check pkg-config python3-numpy g++ clang libfuzzer-14-dev \
-  libclang-rt-14-dev valgrind abi-dumper abi-compliance-checker
+  libclang-rt-14-dev valgrind abi-dumper abi-compliance-checker \
+  libsentencepiece-dev libjansson-dev wordnet-base sentencepiece python3-sentencepiece python3-torch
 
 BLAS_CFLAGS = $(shell $(PKG_CONFIG) --cflags openblas 2>/dev/null)
 BLAS_LIBS = $(shell $(PKG_CONFIG) --libs openblas 2>/dev/null || echo -lopenblas)
@@ -95,7 +96,7 @@ check: deps
 	$(MAKE) all tests/check_eevp
 	CK_DEFAULT_TIMEOUT=$${CK_DEFAULT_TIMEOUT:-60} tests/check_eevp
 	sh tests/check_symbols.sh
-	$(MAKE) check-reliability check-python check-examples
+	$(MAKE) check-reliability check-python check-examples check-tinylm
 
 # The same suites with the library and the tests built under ASan and UBSan,
 # linked statically so that the instrumented objects are the ones tested.
@@ -114,8 +115,11 @@ examples/%: examples/%.c include/eevp.h $(SHARED) lib/libeevp.so
 
 examples: $(EXAMPLES)
 
+# The main job: early exit with pruned confidence on the model trained here
+# (docs/TINYLM.md), then the synthetic 32000 x 4096 head.
 demo: deps
-	$(MAKE) all examples/demo
+	$(MAKE) all examples/demo tinylm
+	examples/tinylm/tinylm demo
 	examples/demo
 
 # ---- reliability (issue 6) --------------------------------------------------
@@ -404,4 +408,4 @@ uninstall:
 	if [ -z "$(DESTDIR)" ] && command -v ldconfig >/dev/null; then ldconfig; fi
 
 clean:
-	rm -rf build lib eevp.pc tests/check_eevp $(EXAMPLES)
+	rm -rf build lib eevp.pc tests/check_eevp $(EXAMPLES) examples/tinylm/tinylm
