@@ -354,7 +354,7 @@ TINYLM_CFLAGS = $(ALL_CFLAGS) $(shell $(PKG_CONFIG) --cflags jansson 2>/dev/null
 TINYLM_LIBS = $(shell $(PKG_CONFIG) --libs jansson 2>/dev/null || echo -ljansson) \
   -lsentencepiece $(BLAS_LIBS) -lm
 
-.PHONY: tinylm tinylm-train check-tinylm demo-tinylm demo-sweep
+.PHONY: tinylm tinylm-train check-tinylm demo-tinylm demo-sweep demo-policies
 
 build/tinylm:
 	mkdir -p $@
@@ -384,6 +384,10 @@ check-tinylm: tinylm
 
 demo-tinylm: tinylm
 	examples/tinylm/tinylm demo
+
+# The candidate-set policies against the plain method (docs/POLICIES.md).
+demo-policies: tinylm
+	examples/tinylm/tinylm policies --test-tokens 1024
 
 demo-sweep: tinylm
 	$(TINYLM_PY) examples/tinylm/test/sweep_plot.py

@@ -144,6 +144,7 @@ static void runner_close(runner *r)
 /* ---- a decoder: one mode on a runner ---------------------------------------- */
 
 typedef struct dec_cfg {
+    const eevp_ctx_options *policy; /* candidate-set policy fields, or NULL */
     int mode;
     int32_t k;          /* pruned set size (MODE_PRUNED) */
     int32_t first;      /* first checked layer */
@@ -192,6 +193,19 @@ static void decoder_open(decoder *dc, runner *r, const dec_cfg *cfg)
     co.criterion = EEVP_CRITERION_TOP2_GAP;
     co.threshold = cfg->threshold;
     co.final_policy = cfg->final_policy;
+    if (cfg->policy != NULL) {
+        const eevp_ctx_options *p = cfg->policy;
+        co.flags = p->flags;
+        co.always_ids = p->always_ids;
+        co.n_always = p->n_always;
+        co.static_mode = p->static_mode;
+        co.static_ids = p->static_ids;
+        co.n_static = p->n_static;
+        co.reprune_layer = p->reprune_layer;
+        co.reprune_every = p->reprune_every;
+        co.adaptive_mass = p->adaptive_mass;
+        co.k_min = p->k_min;
+    }
     if (eevp_ctx_create(&dc->ctx, r->head, &co, msg, sizeof msg) != EEVP_OK)
         die("eevp_ctx_create: %s", msg);
     for (l = 0; l < r->L; l++)
@@ -1024,6 +1038,118 @@ static void run_sweep(runner *r, const opts *o)
     free(test.ids);
 }
 
+/* ---- policies: candidate-set policies against the plain method (docs/POLICIES.md) -- */
+
+static int cmp_count_desc(const void *a, const void *b)
+{
+    const int64_t *x = (const int64_t *)a, *y = (const int64_t *)b;
+    return (x[0] < y[0]) - (x[0] > y[0]);
+}
+
+/* The n most frequent token ids of a stream (ties: smaller id). */
+static int32_t *frequent_ids(const stream *s, int32_t V, int32_t n)
+{
+    int64_t *cnt = xmalloc((size_t)V * 2 * sizeof(int64_t)), i;
+    int32_t *ids = xmalloc((size_t)n * sizeof(int32_t)), v;
+    for (v = 0; v < V; v++) {
+        cnt[2 * v] = 0;
+        cnt[2 * v + 1] = v;
+    }
+    for (i = 0; i < s->n; i++)
+        cnt[2 * s->ids[i]]++;
+    qsort(cnt, (size_t)V, 2 * sizeof(int64_t), cmp_count_desc);
+    for (v = 0; v < n; v++)
+        ids[v] = (int32_t)cnt[2 * v + 1];
+    free(cnt);
+    return ids;
+}
+
+static void run_policies(runner *r, const opts *o)
+{
+    enum { N_POL = 7 };
+    static const char *names[N_POL] = {
+        "plain method", "always-included EOS", "static 256 most frequent, union",
+        "static 256 most frequent, alone", "re-prune every 2nd check", "adaptive K (mass 0.9, K 8..k)",
+        "exact-token exits" };
+    stream test = { 0 }, train = { 0 };
+    eval_out ft;
+    decoder d;
+    dec_cfg cfg;
+    int32_t eos = tl_tok_eos(r->tok), *freq;
+    int64_t n = o->test_tokens;
+    int i;
+
+    load_split(r, o->wordnet, 2, n + 2 * CHUNK + n / CHUNK + 8, &test);
+    load_split(r, o->wordnet, 0, 1 << 20, &train);
+    freq = frequent_ids(&train, r->V, 256);
+    memset(&cfg, 0, sizeof cfg);
+    cfg.first = o->first >= 0 ? o->first : 1;
+    cfg.final_policy = o->final_policy;
+    cfg.mode = MODE_FULL;
+    decoder_open(&d, r, &cfg);
+    evaluate(&d, &test, n, 0, 0, &ft);
+    decoder_close(&d);
+    cfg.mode = MODE_PRUNED;
+    cfg.k = o->k;
+    cfg.threshold = o->threshold >= 0 ? o->threshold : 0.05f;
+    printf("%lld test positions; K = %d, first checked layer %d, threshold %.3f, top-2 gap, "
+           "final layer %s\n\n", (long long)n, (int)cfg.k, (int)cfg.first,
+           (double)cfg.threshold, cfg.final_policy == EEVP_FINAL_FULL ? "full" : "pruned");
+    printf("| policy | agreement with full depth | layers saved | mean set size | "
+           "head FLOPs / baseline | libeevp ms per token | policy counter |\n");
+    printf("|---|---:|---:|---:|---:|---:|---|\n");
+    for (i = 0; i < N_POL; i++) {
+        eevp_ctx_options p = EEVP_CTX_OPTIONS_INIT;
+        eevp_stats st;
+        eval_out e;
+        char extra[96] = "";
+        cfg.policy = &p;
+        if (i == 1) {
+            p.always_ids = &eos;
+            p.n_always = 1;
+        } else if (i == 2 || i == 3) {
+            p.static_mode = i == 2 ? EEVP_STATIC_UNION : EEVP_STATIC_ONLY;
+            p.static_ids = freq;
+            p.n_static = 256;
+        } else if (i == 4) {
+            p.reprune_every = 2;
+        } else if (i == 5) {
+            p.adaptive_mass = 0.9f;
+            p.k_min = cfg.k < 8 ? cfg.k : 8;
+        } else if (i == 6) {
+            p.flags = EEVP_CTX_EXACT_EXIT;
+        }
+        decoder_open(&d, r, &cfg);
+        evaluate(&d, &test, n, 0, 0, &e);
+        memset(&st, 0, sizeof st);
+        st.struct_size = sizeof st;
+        if (eevp_ctx_stats(d.ctx, &st) != EEVP_OK)
+            die("eevp_ctx_stats failed");
+        decoder_close(&d);
+        if (i == 1)
+            snprintf(extra, sizeof extra, "EOS emitted %lld", (long long)st.always_emitted);
+        else if (i == 2 || i == 3)
+            snprintf(extra, sizeof extra, "static emitted %lld", (long long)st.static_emitted);
+        else if (i == 4)
+            snprintf(extra, sizeof extra, "%lld re-prunings, %lld changed",
+                     (long long)st.reprunes, (long long)st.reprune_changed);
+        else if (i == 6)
+            snprintf(extra, sizeof extra, "%lld exact exits, %lld changed",
+                     (long long)st.exact_exits, (long long)st.exact_exit_changed);
+        printf("| %s | %.4f | %.1f %% | %.1f | %.3f | %.3f | %s |\n", names[i],
+               agreement(&e, &ft), 100.0 * (1.0 - layers_used(&e) / r->L),
+               st.pruned_sets ? (double)st.set_size_sum / (double)st.pruned_sets : 0.0,
+               st.head_flops_baseline ? (double)st.head_flops / (double)st.head_flops_baseline
+                                      : 0.0,
+               e.n ? 1e3 * e.eevp_seconds / (double)e.n : 0.0, extra);
+        eval_free(&e);
+    }
+    eval_free(&ft);
+    free(freq);
+    free(test.ids);
+    free(train.ids);
+}
+
 /* ---- verify: dumps for the PyTorch cross-check ------------------------------------ */
 
 static void print_floats(FILE *f, const float *x, int64_t n)
@@ -1121,6 +1247,7 @@ static void usage(void)
             "  generate [PROMPT...]   text in the three modes (--mode full|ee|pruned)\n"
             "  demo                   operating point on validation, test evaluation\n"
             "  sweep                  agreement and speed over thresholds and K (CSV)\n"
+            "  policies               candidate-set policies against the plain method\n"
             "  verify --out F.json    dumps for the PyTorch cross-check\n"
             "  inspect                load a checkpoint and summarise it\n"
             "  tensors FILE           list a safetensors file\n"
@@ -1168,7 +1295,8 @@ int main(int argc, char **argv)
         return 0;
     }
     if (strcmp(cmd, "generate") != 0 && strcmp(cmd, "demo") != 0 &&
-        strcmp(cmd, "sweep") != 0 && strcmp(cmd, "verify") != 0 && strcmp(cmd, "inspect") != 0)
+        strcmp(cmd, "sweep") != 0 && strcmp(cmd, "verify") != 0 && strcmp(cmd, "inspect") != 0 &&
+        strcmp(cmd, "policies") != 0)
         usage();
     runner_open(&r, o.model);
     if (strcmp(cmd, "inspect") == 0) {
@@ -1190,6 +1318,8 @@ int main(int argc, char **argv)
         run_demo(&r, &o);
     } else if (strcmp(cmd, "sweep") == 0) {
         run_sweep(&r, &o);
+    } else if (strcmp(cmd, "policies") == 0) {
+        run_policies(&r, &o);
     } else {
         run_verify(&r, &o);
     }
