@@ -89,6 +89,20 @@ void eevpi_select_sorted(eevpi_pair *p, int64_t n, int64_t m)
     sort_pairs(p, m);
 }
 
+/* Keep the best k of work[0..cnt-1] in work[0..k-1]; returns the threshold
+ * a later (larger-index) value must exceed: the k-th best value. */
+static float keep_best(eevpi_pair *work, int64_t cnt, int32_t k)
+{
+    float t;
+    int32_t j;
+    select_best(work, cnt, k);
+    t = work[0].v;
+    for (j = 1; j < k; j++)
+        if (work[j].v < t)
+            t = work[j].v;
+    return t;
+}
+
 int64_t eevpi_topk_pairs(int64_t n, int32_t k)
 {
     int64_t two_k = 2 * (int64_t)k;
@@ -109,12 +123,8 @@ int eevpi_topk(const eevpi_kernels *kern, const float *x, int64_t n, int32_t k,
         work[cnt].i = (int32_t)i;
         cnt++;
     }
-    select_best(work, cnt, k);
+    t = keep_best(work, cnt, k);
     cnt = k;
-    t = work[0].v;
-    for (i = 1; i < k; i++)
-        if (work[i].v < t)
-            t = work[i].v;
     /* Every later element has a larger index than all kept ones, so it
      * enters only by a strictly larger value. */
     i = cap;
@@ -126,13 +136,8 @@ int eevpi_topk(const eevpi_kernels *kern, const float *x, int64_t n, int32_t k,
         cnt++;
         i++;
         if (cnt == cap) {
-            int64_t j;
-            select_best(work, cnt, k);
+            t = keep_best(work, cnt, k);
             cnt = k;
-            t = work[0].v;
-            for (j = 1; j < k; j++)
-                if (work[j].v < t)
-                    t = work[j].v;
         }
     }
     eevpi_select_sorted(work, cnt, k);
