@@ -412,4 +412,4 @@ uninstall:
 	if [ -z "$(DESTDIR)" ] && command -v ldconfig >/dev/null; then ldconfig; fi
 
 clean:
-	rm -rf build lib eevp.pc tests/check_eevp $(EXAMPLES) examples/tinylm/tinylm
+	rm -rf build lib eevp.pc tests/check_eevp $(EXAMPLES) examples/tinylm/tinylm tests/bench/bench
