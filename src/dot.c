@@ -176,22 +176,6 @@ const eevpi_dotk *eevpi_dotk_select(int portable_only)
 
 /* ---- projections with the head's kernels ---- */
 
-/* Same transform as head.c's: z = cap * tanh((scale * dot + bias) / cap). */
-static void transform_rows(const eevp_head *h, float *z, int64_t n, const float *bias)
-{
-    int64_t j;
-    for (j = 0; j < n; j++) {
-        float v = z[j];
-        if (h->scale != 1.0f)
-            v *= h->scale;
-        if (bias)
-            v += bias[j];
-        if (h->cap > 0.0f && v > -INFINITY)
-            v = h->cap * tanhf(v / h->cap);
-        z[j] = v;
-    }
-}
-
 static const void *head_rows(const eevp_head *h)
 {
     return h->wtype == EEVP_WEIGHT_F32 ? (const void *)h->W : (const void *)h->W16;
@@ -203,12 +187,12 @@ void eevpi_head_project_inv(const eevp_head *h, int32_t n, const float *xn, floa
     int32_t r;
     h->dk->dot(h->wtype, head_rows(h), h->stride, h->V, h->d, n, xn, h->d, z, ldz);
     for (r = 0; r < n; r++)
-        transform_rows(h, z + r * ldz, h->V, h->bias);
+        eevpi_head_transform(h, z + r * ldz, h->V, h->bias);
 }
 
 void eevpi_head_project_rows_inv(const eevp_head *h, int32_t k, const float *rows,
                                  int64_t ld_rows, const float *bias, const float *xn, float *z)
 {
     h->dk->dot(EEVP_WEIGHT_F32, rows, ld_rows, k, h->d, 1, xn, h->d, z, k);
-    transform_rows(h, z, k, bias);
+    eevpi_head_transform(h, z, k, bias);
 }

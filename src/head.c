@@ -335,25 +335,6 @@ int eevpi_head_norm(const eevp_head *h, const float *x, float *out)
     return EEVP_OK;
 }
 
-/* z = cap * tanh((scale * dot + bias) / cap), in place. */
-static void transform(const eevp_head *h, float *z, int64_t n, const float *bias)
-{
-    int64_t j;
-    if (h->scale != 1.0f)
-        for (j = 0; j < n; j++)
-            z[j] *= h->scale;
-    if (bias)
-        for (j = 0; j < n; j++)
-            z[j] += bias[j];
-    if (h->cap > 0.0f) {
-        const float cap = h->cap;
-        /* A -INFINITY bias masks its token: the cap must not bring it back. */
-        for (j = 0; j < n; j++)
-            if (z[j] > -INFINITY)
-                z[j] = cap * tanhf(z[j] / cap);
-    }
-}
-
 void eevpi_head_project(const eevp_head *h, int32_t n, const float *xn, float *z, int64_t ldz)
 {
     int32_t r;
@@ -370,7 +351,7 @@ void eevpi_head_project(const eevp_head *h, int32_t n, const float *xn, float *z
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, (int)h->V, (int)h->d, 1.0f,
                     xn, (int)h->d, h->W, (int)h->stride, 0.0f, z, (int)ldz);
     for (r = 0; r < n; r++)
-        transform(h, z + r * ldz, h->V, h->bias);
+        eevpi_head_transform(h, z + r * ldz, h->V, h->bias);
 }
 
 /* The library's own single-threaded kernel rather than SGEMV: a K x d block

@@ -14,6 +14,7 @@
 
 #include "eevp.h"
 
+#include <math.h>
 #include <stdint.h>
 #include <stddef.h>
 
@@ -126,6 +127,26 @@ struct eevp_head {
 /* Normalise hidden row x into out (d floats).  Returns 0, or
  * EEVP_ENONFINITE when x holds NaN or Inf. */
 int eevpi_head_norm(const eevp_head *h, const float *x, float *out);
+/* The logit transform in place: z = cap * tanh((scale * z + bias) / cap),
+ * each part optional.  A -INFINITY bias masks its token: the cap must not
+ * bring it back.  Inline so that every projection path (and the tests that
+ * compile a kernel file on its own) shares the one definition. */
+static inline void eevpi_head_transform(const eevp_head *h, float *z, int64_t n,
+                                        const float *bias)
+{
+    int64_t j;
+    for (j = 0; j < n; j++) {
+        float v = z[j];
+        if (h->scale != 1.0f)
+            v *= h->scale;
+        if (bias)
+            v += bias[j];
+        if (h->cap > 0.0f && v > -INFINITY)
+            v = h->cap * tanhf(v / h->cap);
+        z[j] = v;
+    }
+}
+
 /* Full logits for n normalised rows xn (packed, d apart): z rows ldz apart. */
 void eevpi_head_project(const eevp_head *h, int32_t n, const float *xn, float *z, int64_t ldz);
 /* Pruned logits for one normalised row over k gathered rows. */
