@@ -48,15 +48,9 @@ static int cmp_key(const void *a, const void *b)
     return (x > y) - (x < y);
 }
 
-void eevpi_union_plan(const eevp_head *h, int32_t n, const int32_t *k_of,
-                      const int32_t *const *ids, eevpi_union *u, void *mem, int64_t *work)
+void eevpi_union_layout(const eevp_head *h, int64_t sum_k, eevpi_union *u, void *mem)
 {
     unsigned char *p = (unsigned char *)mem;
-    int64_t sum_k = 0, t = 0, j;
-    int32_t i, nu = 0, nd = 0, nsp, r, dense_min;
-    int32_t *count, *slot, *tmp_ids;
-    for (i = 0; i < n; i++)
-        sum_k += k_of[i];
     p += (64 - (uintptr_t)p % 64) % 64;
     u->ids = (int32_t *)(void *)p;
     p += align64(sum_k * 4);
@@ -65,6 +59,17 @@ void eevpi_union_plan(const eevp_head *h, int32_t n, const int32_t *k_of,
     u->rows = (float *)(void *)p;
     p += align64(sum_k * h->d * 4);
     u->bias = h->bias ? (float *)(void *)p : NULL;
+}
+
+void eevpi_union_plan(const eevp_head *h, int32_t n, const int32_t *k_of,
+                      const int32_t *const *ids, eevpi_union *u, int64_t *work)
+{
+    int64_t sum_k = 0, t = 0, j;
+    int32_t i, nu = 0, nd = 0, nsp, r, dense_min;
+    int32_t *count, *slot, *tmp_ids;
+    (void)h;
+    for (i = 0; i < n; i++)
+        sum_k += k_of[i];
     u->n_seq = n;
     u->sum_k = sum_k;
     count = (int32_t *)(void *)(work + sum_k); /* scratch after the keys */
@@ -126,7 +131,12 @@ void eevpi_union_gather(const eevp_head *h, eevpi_union *u)
 void eevpi_union_build(const eevp_head *h, int32_t n, const int32_t *k_of,
                        const int32_t *const *ids, eevpi_union *u, void *mem, int64_t *work)
 {
-    eevpi_union_plan(h, n, k_of, ids, u, mem, work);
+    int64_t sum_k = 0;
+    int32_t i;
+    for (i = 0; i < n; i++)
+        sum_k += k_of[i];
+    eevpi_union_layout(h, sum_k, u, mem);
+    eevpi_union_plan(h, n, k_of, ids, u, work);
     eevpi_union_gather(h, u);
 }
 
@@ -159,7 +169,9 @@ void eevpi_pruned_union(const eevp_head *h, const eevpi_union *u, int32_t n_act,
                         const int32_t *act, const int32_t *k_of, const float *xn,
                         float *const *z, float *work)
 {
-    const int32_t nd = u->n_dense;
+    /* One sequence left: its dense rows go through dot_rows too, rather
+     * than a pass over every dense row of the plan (same bits either way). */
+    const int32_t nd = n_act >= 2 ? u->n_dense : 0;
     const int64_t d = h->d;
     int32_t i;
     if (nd > 0)

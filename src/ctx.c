@@ -161,6 +161,21 @@ static void plan(eevp_ctx *c, eevpi_arena *a)
     c->set = (int32_t *)eevpi_arena_take(a, B * K, sizeof(int32_t));
     c->rows = (float *)eevpi_arena_take(a, B * K * d, sizeof(float));
     c->set_bias = (float *)eevpi_arena_take(a, c->head->bias ? B * K : 0, sizeof(float));
+    {
+        /* The union plan: ids and positions per candidate, 16 bytes of sort
+         * keys per candidate, and the dense pass's products (a dense row is
+         * in at least half of the sets, so at most 2 K of them). */
+        const int64_t U = B >= 2 ? K : 0, Bu = U ? B : 0;
+        c->uni.ids = (int32_t *)eevpi_arena_take(a, B * U, sizeof(int32_t));
+        c->uni.pos = (int32_t *)eevpi_arena_take(a, B * U, sizeof(int32_t));
+        c->uni_idx = (int32_t *)eevpi_arena_take(a, Bu, sizeof(int32_t));
+        c->uni_k = (int32_t *)eevpi_arena_take(a, Bu, sizeof(int32_t));
+        c->uni_ids = (const int32_t **)eevpi_arena_take(a, Bu, sizeof(const int32_t *));
+        c->uni_z = (float **)eevpi_arena_take(a, Bu, sizeof(float *));
+        c->uni_act = (int32_t *)eevpi_arena_take(a, Bu, sizeof(int32_t));
+        c->uni_keys = (int64_t *)eevpi_arena_take(a, 2 * B * U, sizeof(int64_t));
+        c->uni_work = (float *)eevpi_arena_take(a, 2 * B * U, sizeof(float));
+    }
     c->prev_hidden = (float *)eevpi_arena_take(a, B * d, sizeof(float));
     c->dist_len = c->o.criterion == EEVP_CRITERION_JS ? (c->kmax ? c->kmax : V) : 0;
     c->prev_dist = (float *)eevpi_arena_take(a, B * c->dist_len, sizeof(float));

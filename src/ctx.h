@@ -51,6 +51,20 @@ struct eevp_ctx {
     int32_t *shared_ids;
     float *shared_rows, *shared_bias;
 
+    /* Union plan (batch.c) of the sets built at the latest pruning or
+     * re-pruning layer of this step, when eevpi_union_pick chose it: its
+     * rows live in `rows`, and the per-sequence blocks are not gathered.
+     * Arrays exist only with per-sequence sets and max_batch >= 2. */
+    int32_t uni_on;
+    eevpi_union uni;
+    int32_t *uni_idx;        /* max_batch: each sequence's index in the plan, -1 */
+    int32_t *uni_k;          /* max_batch: set sizes in plan order */
+    const int32_t **uni_ids; /* max_batch: set ids in plan order */
+    float **uni_z;           /* max_batch: logits per checked sequence */
+    int32_t *uni_act;        /* max_batch: plan index per checked sequence */
+    int64_t *uni_keys;       /* 2 max_batch K: the plan's sort scratch */
+    float *uni_work;         /* 2 max_batch K: the dense pass's products */
+
     /* step */
     int32_t active, n_seq, last_layer, busy;
     eevpi_seq *seq;       /* max_batch */

@@ -271,25 +271,29 @@ typedef struct eevpi_union {
 
 /* Bytes for a union plan of n sets of total size sum_k (one block). */
 int64_t eevpi_union_size(const eevp_head *h, int32_t n, int64_t sum_k);
-/* Build the plan into mem (eevpi_union_size bytes): dedupe the ids, order
- * the rows (dense, then sparse; ids ascending in each), gather them once.
- * work: 2 * sum_k int64_t.  = eevpi_union_plan, then eevpi_union_gather:
- * plan first to decide (eevpi_union_pick needs no rows), gather only when
- * the plan is used.  u->rows has room for sum_k rows, so per-sequence blocks
- * may be gathered there instead when the plan is not used. */
+/* Point u's ids, pos, rows and bias into mem (eevpi_union_size bytes). */
+void eevpi_union_layout(const eevp_head *h, int64_t sum_k, eevpi_union *u, void *mem);
+/* Plan into u's arrays (room for sum_k entries each, sum_k rows): dedupe the
+ * ids, order the rows (dense, then sparse; ids ascending in each).  u->rows
+ * serves as scratch until the gather.  work: 2 * sum_k int64_t.  Plan first
+ * to decide (eevpi_union_pick needs no rows), gather only when the plan is
+ * used; u->rows has room for sum_k rows, so per-sequence blocks may be
+ * gathered there instead when it is not. */
+void eevpi_union_plan(const eevp_head *h, int32_t n, const int32_t *k_of,
+                      const int32_t *const *ids, eevpi_union *u, int64_t *work);
+void eevpi_union_gather(const eevp_head *h, eevpi_union *u);
+/* layout + plan + gather, in one block. */
 void eevpi_union_build(const eevp_head *h, int32_t n, const int32_t *k_of,
                        const int32_t *const *ids, eevpi_union *u, void *mem,
                        int64_t *work);
-void eevpi_union_plan(const eevp_head *h, int32_t n, const int32_t *k_of,
-                      const int32_t *const *ids, eevpi_union *u, void *mem, int64_t *work);
-void eevpi_union_gather(const eevp_head *h, eevpi_union *u);
 /* 1 when checks through the plan are expected to be cheaper than n
  * per-sequence passes over separate blocks (rule in docs/BENCHMARKS.md:
  * memory traffic versus arithmetic; only the machine balance enters). */
 int eevpi_union_pick(const eevp_head *h, const eevpi_union *u, const int32_t *k_of);
 /* Checks through the plan for the n_act sequences act[0..n_act-1] (indices
  * into the plan's sequences, e.g. those still running), normalised rows xn
- * (d apart, in act order), logits to z[i] (k_of[act[i]] floats).
+ * (d apart, in act order), logits to z[i] (k_of[act[i]] floats).  The dense
+ * pass runs when n_act >= 2; a lone sequence reads only its own rows.
  * k_of: the plan's set sizes.  work: n_act * n_dense floats (a dense row is
  * in at least half of the sets, so n_dense <= 2 * max k). */
 void eevpi_pruned_union(const eevp_head *h, const eevpi_union *u, int32_t n_act,

@@ -36,6 +36,7 @@ EEVP_API int eevp_step_begin(eevp_ctx *ctx, int32_t n_seq, const int32_t *positi
     ctx->active = 1;
     ctx->n_seq = n_seq;
     ctx->last_layer = -1;
+    ctx->uni_on = 0;
     clear_pending(ctx);
     for (s = 0; s < ctx->o.max_batch; s++)
         ctx->slot_owner[s] = -1;
@@ -455,8 +456,9 @@ static int32_t adaptive_k(const eevp_ctx *ctx, const float *z, const int32_t *to
 
 /* Build sequence s's pruned set from full logits z: the top-K (or the
  * adaptive prefix), the static list under EEVP_STATIC_UNION and the
- * always-included ids, without duplicates, in the order of z; then gather
- * its rows.  A rebuild (re-pruning) counts whether the set changed. */
+ * always-included ids, without duplicates, in the order of z.  Its rows are
+ * gathered afterwards (gather_sets).  A rebuild (re-pruning) counts whether
+ * the set changed. */
 static int build_set(eevp_ctx *ctx, int32_t s, const float *z)
 {
     const eevp_head *h = ctx->head;
@@ -510,21 +512,53 @@ static int build_set(eevp_ctx *ctx, int32_t s, const float *z)
         for (j = 0; j < n; j++)
             ids[j] = ctx->pairs[j].i;
     }
-    {
-        float *rows = ctx->rows + (int64_t)s * ctx->kmax * h->d;
-        float *bias = ctx->set_bias ? ctx->set_bias + (int64_t)s * ctx->kmax : NULL;
-        eevpi_head_gather(h, ids, n, rows, h->d, bias);
-        q->set_rows = rows;
-        q->set_bias = bias;
-    }
     q->set_ids = ids;
     q->set_n = n;
     q->has_set = 1;
+    /* Counted per set, as the per-sequence path reads it, whichever way the
+     * rows are gathered (a union gather reads shared rows once). */
     ctx->pending.bytes += 4 * (int64_t)n * h->d;
     ctx->pending.pruned_sets++;
     ctx->pending.set_size_sum += n;
     ctx->size_hist_pending[n]++;
     return EEVP_OK;
+}
+
+/* Gather the rows of the sets just built for sequences built[0..nb-1]:
+ * through one union plan when eevpi_union_pick expects the later checks to
+ * cost less that way (batch.c; rows shared by several sets are read once),
+ * otherwise one block per sequence.  Both give the same bits. */
+static void gather_sets(eevp_ctx *ctx, const int32_t *built, int32_t nb)
+{
+    const eevp_head *h = ctx->head;
+    int32_t i;
+    ctx->uni_on = 0;
+    if (nb >= 2 && ctx->uni_idx) {
+        eevpi_union *u = &ctx->uni;
+        for (i = 0; i < ctx->n_seq; i++)
+            ctx->uni_idx[i] = -1;
+        for (i = 0; i < nb; i++) {
+            ctx->uni_idx[built[i]] = i;
+            ctx->uni_k[i] = ctx->seq[built[i]].set_n;
+            ctx->uni_ids[i] = ctx->seq[built[i]].set_ids;
+        }
+        u->rows = ctx->rows;
+        u->bias = ctx->set_bias;
+        eevpi_union_plan(h, nb, ctx->uni_k, ctx->uni_ids, u, ctx->uni_keys);
+        if (eevpi_union_pick(h, u, ctx->uni_k)) {
+            eevpi_union_gather(h, u);
+            ctx->uni_on = 1;
+            return;
+        }
+    }
+    for (i = 0; i < nb; i++) {
+        eevpi_seq *q = &ctx->seq[built[i]];
+        float *rows = ctx->rows + (int64_t)built[i] * ctx->kmax * h->d;
+        float *bias = ctx->set_bias ? ctx->set_bias + (int64_t)built[i] * ctx->kmax : NULL;
+        eevpi_head_gather(h, q->set_ids, q->set_n, rows, h->d, bias);
+        q->set_rows = rows;
+        q->set_bias = bias;
+    }
 }
 
 static int in_set(const eevpi_seq *q, int32_t token)
@@ -547,7 +581,7 @@ static void layer_full(eevp_ctx *ctx, int32_t layer, int32_t m, const int32_t *l
     const int builds = eevpi_ctx_pruning(ctx) && ctx->k > 0 &&
                        (layer == ctx->p || eevpi_ctx_reprunes(ctx, layer));
     int32_t *xrow = ctx->row_of_seq; /* identity: xn rows match the list */
-    int32_t i;
+    int32_t i, nb = 0;
     check c;
 
     for (i = 0; i < m; i++)
@@ -581,17 +615,24 @@ static void layer_full(eevp_ctx *ctx, int32_t layer, int32_t m, const int32_t *l
                 continue;
             }
         }
-        if (builds && (rc = build_set(ctx, s, z)) != EEVP_OK) {
-            fail_seq(ctx, s, layer, rc, first);
-            continue;
+        if (builds) {
+            if ((rc = build_set(ctx, s, z)) != EEVP_OK) {
+                fail_seq(ctx, s, layer, rc, first);
+                continue;
+            }
+            xrow[nb++] = s; /* xrow[j] for j < nb is no longer read */
         }
         /* The next JS check compares against this layer over the set. */
         if (ctx->criterion == EEVP_CRITERION_JS && checked && q->has_set)
             remember_set_dist(ctx, s, z);
     }
+    if (nb > 0)
+        gather_sets(ctx, xrow, nb);
 }
 
-/* Pruned layer: one GEMV per sequence on its gathered rows. */
+/* Pruned layer: the K-row projections of every sequence, through the union
+ * plan when the sets were gathered that way, else one per sequence on its
+ * own block; then the checks. */
 static void layer_pruned(eevp_ctx *ctx, int32_t layer, int32_t m, int32_t *list,
                          const float *const *hrow, int *first)
 {
@@ -602,6 +643,15 @@ static void layer_pruned(eevp_ctx *ctx, int32_t layer, int32_t m, int32_t *list,
     int32_t i, n_exact = 0;
     check c;
 
+    if (ctx->uni_on) {
+        for (i = 0; i < m; i++) {
+            ensure_slot(ctx, list[i]);
+            ctx->uni_act[i] = ctx->uni_idx[list[i]];
+            ctx->uni_z[i] = slot_logits(ctx, ctx->seq[list[i]].slot);
+        }
+        eevpi_pruned_union(h, &ctx->uni, m, ctx->uni_act, ctx->uni_k, ctx->xn, ctx->uni_z,
+                           ctx->uni_work);
+    }
     for (i = 0; i < m; i++) {
         const int32_t s = list[i];
         eevpi_seq *q = &ctx->seq[s];
@@ -609,8 +659,9 @@ static void layer_pruned(eevp_ctx *ctx, int32_t layer, int32_t m, int32_t *list,
         int rc;
         ensure_slot(ctx, s);
         z = slot_logits(ctx, q->slot);
-        eevpi_head_project_rows(h, q->set_n, q->set_rows, h->d, q->set_bias,
-                                ctx->xn + (int64_t)i * h->d, z);
+        if (!ctx->uni_on)
+            eevpi_head_project_rows(h, q->set_n, q->set_rows, h->d, q->set_bias,
+                                    ctx->xn + (int64_t)i * h->d, z);
         count_projection(ctx, q->set_n);
         rc = check_logits(ctx, s, layer, hrow[i], z, q->set_ids, q->set_n, 1, 0, &c);
         if (rc != EEVP_OK) {

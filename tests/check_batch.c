@@ -15,7 +15,11 @@
  *    value), and a decision may differ only where the reference's own
  *    confidence is within 1e-4 of lambda or its top-2 within that bound.
  * Configurations cover pruned and full-vocabulary decisions, every
- * criterion family, a wide head (SGEMM's blocking at work) and re-pruning.
+ * criterion family, a wide head (SGEMM's blocking at work) and re-pruning;
+ * in two of them the sequences share most of their hidden state, so their
+ * pruned sets overlap and the step gathers them through the union plan
+ * (batch.c), which must give the same bits as the per-sequence blocks; the
+ * test looks inside the context to make sure that path really ran.
  */
 #include <check.h>
 #include <float.h>
@@ -24,6 +28,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "ctx.h" /* white box: did the step use the union plan? */
 #include "eevp.h"
 #include "ref.h"
 
@@ -35,19 +40,24 @@ typedef struct bcfg {
     const char *name;
     int V, d, L, f, k, crit, final_, norm, reprune_every;
     float threshold;
+    int shared; /* 1: a hidden-state component common to every sequence */
 } bcfg;
 
 static const bcfg bcfgs[] = {
     { "top2, pruned", 400, 64, 6, 1, 16, EEVP_CRITERION_TOP2_GAP, EEVP_FINAL_FULL,
-      EEVP_NORM_RMS, 0, 0.8f },
+      EEVP_NORM_RMS, 0, 0.8f, 0 },
     { "maxprob, no pruning", 300, 48, 5, 0, 0, EEVP_CRITERION_MAX_PROB, EEVP_FINAL_FULL,
-      EEVP_NORM_LAYER, 0, 0.95f },
+      EEVP_NORM_LAYER, 0, 0.95f, 0 },
     { "js, pruned final", 257, 40, 6, 1, 12, EEVP_CRITERION_JS, EEVP_FINAL_PRUNED,
-      EEVP_NORM_NONE, 0, 0.97f },
+      EEVP_NORM_NONE, 0, 0.97f, 0 },
     { "saturation", 300, 33, 6, 1, 0, EEVP_CRITERION_SATURATION, EEVP_FINAL_FULL,
-      EEVP_NORM_RMS, 0, 0.98f },
+      EEVP_NORM_RMS, 0, 0.98f, 0 },
     { "entropy, re-pruning", 500, 96, 7, 1, 20, EEVP_CRITERION_ENTROPY, EEVP_FINAL_FULL,
-      EEVP_NORM_RMS, 2, 0.97f },
+      EEVP_NORM_RMS, 2, 0.97f, 0 },
+    { "top2, overlapping sets", 400, 64, 6, 1, 24, EEVP_CRITERION_TOP2_GAP, EEVP_FINAL_PRUNED,
+      EEVP_NORM_RMS, 0, 0.9f, 1 },
+    { "js, overlapping sets, re-pruning", 300, 40, 7, 1, 16, EEVP_CRITERION_JS,
+      EEVP_FINAL_FULL, EEVP_NORM_LAYER, 2, 0.97f, 1 },
 };
 #define N_BCFG ((int)(sizeof bcfgs / sizeof bcfgs[0]))
 
@@ -76,15 +86,22 @@ static void fixture_make(fixture *fx, const bcfg *c, uint32_t seed)
     ck_assert(fx->W && fx->hid);
     fill_random(fx->W, (int64_t)nW, &seed, -1, 1);
     /* h_l = noise + a_p (l+1)/L W[target]: sequence p sharpens towards its
-     * target at rate a_p (0 for some: they reach the last layer). */
-    for (p = 0; p < POOL; p++) {
+     * target at rate a_p (0 for some: they reach the last layer).  With
+     * `shared`, a component common to all (one per layer) dominates the
+     * noise, so the sets overlap; the targets are then among few tokens. */
+    for (l = 0; l < c->L; l++)
+        for (j = 0; j < c->d; j++)
+            fx->hid[(size_t)l * POOL * c->d + j] = (float)(ref_rand_unit(&seed) - 0.5);
+    for (p = POOL - 1; p >= 0; p--) {
         double a = (p % 4) * 0.9;
-        int32_t target = (p * 37) % c->V;
-        for (l = 0; l < c->L; l++)
+        int32_t target = (c->shared ? p % 3 * 37 : p * 37) % c->V;
+        for (l = 0; l < c->L; l++) {
+            float *x = fx->hid + ((size_t)l * POOL + p) * c->d;
             for (j = 0; j < c->d; j++)
-                fx->hid[((size_t)l * POOL + p) * c->d + j] =
-                    (float)(ref_rand_unit(&seed) - 0.5) +
-                    (float)(a * (l + 1) / c->L * fx->W[(size_t)target * c->d + j] * 3.0);
+                x[j] = (c->shared ? 4.0f * fx->hid[(size_t)l * POOL * c->d + j] : 0.0f) +
+                       (float)(ref_rand_unit(&seed) - 0.5) +
+                       (float)(a * (l + 1) / c->L * fx->W[(size_t)target * c->d + j] * 3.0);
+        }
     }
     {
         eevp_head_options o = EEVP_HEAD_OPTIONS_INIT;
@@ -244,7 +261,7 @@ START_TEST(test_batch_invariant)
     outcome solo[POOL], got[POOL];
     uint32_t seed = 2024u + (uint32_t)_i;
     int32_t p, n, s, i, members[POOL];
-    int64_t compared = 0, flips = 0, exits[2] = { 0, 0 };
+    int64_t compared = 0, flips = 0, exits[2] = { 0, 0 }, unions = 0, batches = 0;
 
     fixture_make(&fx, c, 600u + (uint32_t)_i);
     solo_ctx = make_ctx(&fx, EEVP_CTX_BATCH_INVARIANT);
@@ -270,6 +287,10 @@ START_TEST(test_batch_invariant)
                 members[j] = t;
             }
             run_batch(&fx, inv, members, n, form, &seed, got);
+            /* Left set until the next step: the last sets' gather. */
+            unions += inv->uni_on;
+            batches += n >= 2;
+            ck_assert(n >= 2 || !inv->uni_on);
             for (i = 0; i < n; i++)
                 ck_assert_msg(bitwise_same(&got[i], &solo[members[i]]),
                               "%s: batch %d (shuffle %d, form %d): sequence %d in row %d "
@@ -302,6 +323,9 @@ START_TEST(test_batch_invariant)
             outcome_free(got, n);
         }
     ck_assert(flips * 10 <= compared);
+    if (c->shared)
+        ck_assert_msg(unions * 2 >= batches, "%s: the union plan ran in %lld of %lld batches",
+                      c->name, (long long)unions, (long long)batches);
     outcome_free(solo, POOL);
     eevp_ctx_free(solo_ctx);
     eevp_ctx_free(inv);
