@@ -1,5 +1,6 @@
-# libeevp - GNU Makefile.  Targets: all check check-asan demo install uninstall
-# deps clean.  Version numbers come from include/eevp.h, the one source of truth.
+# libeevp - GNU Makefile.  Targets: all check check-asan demo docs install
+# uninstall deps clean.  Version numbers come from include/eevp.h, the one
+# source of truth.
 
 VERSION_MAJOR := $(shell sed -n 's/^\#define EEVP_VERSION_MAJOR \([0-9]*\).*/\1/p' include/eevp.h)
 VERSION_MINOR := $(shell sed -n 's/^\#define EEVP_VERSION_MINOR \([0-9]*\).*/\1/p' include/eevp.h)
@@ -11,6 +12,7 @@ prefix ?= $(PREFIX)
 exec_prefix ?= $(prefix)
 libdir ?= $(exec_prefix)/lib
 includedir ?= $(prefix)/include
+mandir ?= $(prefix)/share/man
 DESTDIR ?=
 
 CC ?= cc
@@ -20,7 +22,8 @@ PKG_CONFIG ?= pkg-config
 # missing ones.
 DEB_PACKAGES := libopenblas-dev check pkg-config python3-numpy g++ clang libfuzzer-14-dev \
   libclang-rt-14-dev valgrind abi-dumper abi-compliance-checker \
-  libsentencepiece-dev libjansson-dev wordnet-base sentencepiece python3-sentencepiece python3-torch
+  libsentencepiece-dev libjansson-dev wordnet-base sentencepiece python3-sentencepiece python3-torch \
+  doxygen
 
 BLAS_CFLAGS = $(shell $(PKG_CONFIG) --cflags openblas 2>/dev/null)
 BLAS_LIBS = $(shell $(PKG_CONFIG) --libs openblas 2>/dev/null || echo -lopenblas)
@@ -42,7 +45,7 @@ OBJS := $(patsubst src/%.c,build/%.o,$(SRCS))
 TEST_SRCS := $(wildcard tests/check_*.c) tests/ref.c
 ASAN_FLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 
-.PHONY: all check check-asan demo examples install uninstall deps clean
+.PHONY: all check check-asan demo docs examples install uninstall deps clean
 
 all: $(SHARED) lib/$(SONAME) lib/libeevp.so $(STATIC) eevp.pc
 
@@ -108,7 +111,8 @@ check-asan: deps
 	  CK_DEFAULT_TIMEOUT=600 build/asan/check_eevp
 
 # ---- examples ---------------------------------------------------------------
-EXAMPLES := examples/demo examples/hello examples/minimal examples/custom_criterion
+EXAMPLES := examples/demo examples/hello examples/minimal examples/custom_criterion \
+  examples/sampling
 
 examples/%: examples/%.c include/eevp.h $(SHARED) lib/libeevp.so
 	$(CC) $(ALL_CFLAGS) -o $@ $< -Llib -leevp -Wl,-rpath,'$$ORIGIN/../lib' -lm
@@ -309,7 +313,9 @@ check-examples: all examples
 	examples/hello
 	examples/minimal
 	examples/custom_criterion
+	examples/sampling
 	$(PYTHON_TEST_ENV) $(PYTHON) examples/python_demo.py
+	$(PYTHON_TEST_ENV) EEVP_REQUIRE_NUMPY=1 $(PYTHON) examples/numpy_loop.py
 	rm -rf $(EXAMPLE_DESTDIR)
 	$(MAKE) install DESTDIR=$(EXAMPLE_DESTDIR)
 	PKG_CONFIG_PATH=$(EXAMPLE_DESTDIR)$(libdir)/pkgconfig PKG_CONFIG_SYSROOT_DIR=$(EXAMPLE_DESTDIR) \
@@ -392,6 +398,24 @@ demo-policies: tinylm
 demo-sweep: tinylm
 	$(TINYLM_PY) examples/tinylm/test/sweep_plot.py
 
+# ---- docs (issue 3) ---------------------------------------------------------
+# The API reference from the header's comments (docs/Doxyfile): HTML in
+# build/docs/html, section-3 man pages in build/docs/man/man3.  Any Doxygen
+# warning, an undocumented public symbol included, fails the target and
+# leaves no build/docs behind (install copies the man pages only when they
+# were built).  MAN_LINKS also writes a page for every struct member
+# (free.3, flags.3, ...) that would shadow other manuals once installed; only
+# eevp.h.3 and the eevp_* / EEVP_* pages are kept, members stay on their
+# struct's page.
+DOXYGEN ?= doxygen
+
+docs: deps
+	rm -rf build/docs
+	( cat docs/Doxyfile; echo "PROJECT_NUMBER = $(VERSION)" ) | $(DOXYGEN) - \
+	  || { rm -rf build/docs; exit 1; }
+	find build/docs/man/man3 -type f ! -name eevp.h.3 ! -name 'eevp_*.3' \
+	  ! -name 'EEVP_*.3' -delete
+
 # ---- install ----------------------------------------------------------------
 install: all
 	install -d $(DESTDIR)$(libdir) $(DESTDIR)$(includedir) $(DESTDIR)$(libdir)/pkgconfig
@@ -402,6 +426,10 @@ install: all
 	install -m 644 $(STATIC) $(DESTDIR)$(libdir)/libeevp.a
 	$(PC_SED) eevp.pc.in > $(DESTDIR)$(libdir)/pkgconfig/eevp.pc
 	chmod 644 $(DESTDIR)$(libdir)/pkgconfig/eevp.pc
+	if [ -d build/docs/man/man3 ]; then \
+	  install -d $(DESTDIR)$(mandir)/man3 && \
+	  install -m 644 build/docs/man/man3/*.3 $(DESTDIR)$(mandir)/man3/; \
+	fi
 	if [ -z "$(DESTDIR)" ] && command -v ldconfig >/dev/null; then ldconfig; fi
 
 uninstall:
@@ -409,6 +437,8 @@ uninstall:
 	  $(DESTDIR)$(libdir)/libeevp.so.$(VERSION) $(DESTDIR)$(libdir)/$(SONAME) \
 	  $(DESTDIR)$(libdir)/libeevp.so $(DESTDIR)$(libdir)/libeevp.a \
 	  $(DESTDIR)$(libdir)/pkgconfig/eevp.pc
+	rm -f $(DESTDIR)$(mandir)/man3/eevp.h.3 $(DESTDIR)$(mandir)/man3/eevp_*.3 \
+	  $(DESTDIR)$(mandir)/man3/EEVP_*.3
 	if [ -z "$(DESTDIR)" ] && command -v ldconfig >/dev/null; then ldconfig; fi
 
 clean:

@@ -1,5 +1,6 @@
-/*
- * eevp.h - libeevp, early-exit confidence with dynamic vocabulary pruning.
+/**
+ * @file eevp.h
+ * @brief libeevp, early-exit confidence with dynamic vocabulary pruning.
  *
  * This header is the whole public API: what is not declared here is not API.
  *
@@ -59,197 +60,220 @@ extern "C" {
 /* Version                                                                  */
 /* ------------------------------------------------------------------------ */
 
-/* The one source of truth for the version: the Makefile and eevp.pc read
+/** @name Version of this header
+ * The one source of truth for the version: the Makefile and eevp.pc read
  * these three lines. */
-#define EEVP_VERSION_MAJOR 1
-#define EEVP_VERSION_MINOR 0
-#define EEVP_VERSION_PATCH 0
+/** @{ */
+#define EEVP_VERSION_MAJOR 1 /**< major version */
+#define EEVP_VERSION_MINOR 0 /**< minor version */
+#define EEVP_VERSION_PATCH 0 /**< patch version */
+/** @} */
 
+/** Version of this header, MAJOR*10000 + MINOR*100 + PATCH. */
 #define EEVP_VERSION_NUMBER \
     (EEVP_VERSION_MAJOR * 10000 + EEVP_VERSION_MINOR * 100 + EEVP_VERSION_PATCH)
 #define EEVP_STR_(x) #x
 #define EEVP_STR(x) EEVP_STR_(x)
+/** Version of this header as a string literal, "MAJOR.MINOR.PATCH". */
 #define EEVP_VERSION_STRING \
     EEVP_STR(EEVP_VERSION_MAJOR) "." EEVP_STR(EEVP_VERSION_MINOR) "." EEVP_STR(EEVP_VERSION_PATCH)
 
-/* Version of the library actually loaded, MAJOR*10000 + MINOR*100 + PATCH. */
+/** Version of the library actually loaded, MAJOR*10000 + MINOR*100 + PATCH. */
 EEVP_API uint32_t eevp_version_number(void);
-/* Version of the library actually loaded as static text "MAJOR.MINOR.PATCH". */
+/** Version of the library actually loaded as static text "MAJOR.MINOR.PATCH". */
 EEVP_API const char *eevp_version_string(void);
 
 /* ------------------------------------------------------------------------ */
 /* Constants                                                                */
 /* ------------------------------------------------------------------------ */
 
-/* Limits.  Vocabulary and dimension are also bounded by the 64-bit size
+/** @name Limits
+ * Limits.  Vocabulary and dimension are also bounded by the 64-bit size
  * checks: V * row_stride and K * dim must be addressable. */
-#define EEVP_MAX_VOCAB   ((int64_t)INT32_MAX)  /* token ids are int32_t */
-#define EEVP_MAX_DIM     ((int64_t)1 << 24)
-#define EEVP_MAX_BATCH   4096
-#define EEVP_MAX_LAYERS  4096
+/** @{ */
+#define EEVP_MAX_VOCAB   ((int64_t)INT32_MAX)  /**< token ids are int32_t */
+#define EEVP_MAX_DIM     ((int64_t)1 << 24)    /**< largest dim (d) */
+#define EEVP_MAX_BATCH   4096                  /**< largest max_batch */
+#define EEVP_MAX_LAYERS  4096                  /**< largest n_layers (L) */
+/** @} */
 
-/* Final normalisation applied to a hidden state before projection. */
+/** Final normalisation applied to a hidden state before projection. */
 typedef enum eevp_norm {
-    EEVP_NORM_NONE = 0,  /* x' = x */
-    EEVP_NORM_RMS = 1,   /* x' = x / sqrt(mean(x^2) + eps) * w */
-    EEVP_NORM_LAYER = 2  /* x' = (x - mean(x)) / sqrt(var(x) + eps) * w + b */
+    EEVP_NORM_NONE = 0,  /**< x' = x */
+    EEVP_NORM_RMS = 1,   /**< x' = x / sqrt(mean(x^2) + eps) * w */
+    EEVP_NORM_LAYER = 2  /**< x' = (x - mean(x)) / sqrt(var(x) + eps) * w + b */
 } eevp_norm;
 
-/* eevp_head_options.flags */
-#define EEVP_HEAD_COPY    1u  /* copy W, norm weights and logit bias; default borrows */
-#define EEVP_HEAD_NO_SIMD 2u  /* use the portable kernels even where AVX2/FMA exist */
+/** @name Head flags
+ * eevp_head_options.flags */
+/** @{ */
+#define EEVP_HEAD_COPY    1u  /**< copy W, norm weights and logit bias; default borrows */
+#define EEVP_HEAD_NO_SIMD 2u  /**< use the portable kernels even where AVX2/FMA exist */
+/** @} */
 
-/* eevp_head_options.weight_type: how W is stored.  Half-precision heads keep
+/** eevp_head_options.weight_type: how W is stored.  Half-precision heads keep
  * W in half precision (no fp32 copy of V x d exists); products and sums are
  * fp32, and gathered rows are converted to fp32 once per token. */
 typedef enum eevp_weight {
-    EEVP_WEIGHT_F32 = 0,  /* float */
-    EEVP_WEIGHT_F16 = 1,  /* IEEE 754 binary16, as uint16_t */
-    EEVP_WEIGHT_BF16 = 2  /* bfloat16 (upper half of a float), as uint16_t */
+    EEVP_WEIGHT_F32 = 0,  /**< float */
+    EEVP_WEIGHT_F16 = 1,  /**< IEEE 754 binary16, as uint16_t */
+    EEVP_WEIGHT_BF16 = 2  /**< bfloat16 (upper half of a float), as uint16_t */
 } eevp_weight;
 
-/* Built-in exit criteria.  Each yields a confidence c in [0, 1] (saturation
+/** Built-in exit criteria.  Each yields a confidence c in [0, 1] (saturation
  * in [-1, 1]).  With no candidate of finite logit (all masked) c = 0. */
 typedef enum eevp_criterion {
-    /* c = p1 - p2, top-1 minus top-2 probability of the softmax over the
+    /** c = p1 - p2, top-1 minus top-2 probability of the softmax over the
      * candidates (p2 = 0 when there is a single candidate). */
     EEVP_CRITERION_TOP2_GAP = 0,
-    /* c = p1, the largest softmax probability over the candidates. */
+    /** c = p1, the largest softmax probability over the candidates. */
     EEVP_CRITERION_MAX_PROB = 1,
-    /* c = 1 - H / ln n over the n candidates with a finite logit
+    /** c = 1 - H / ln n over the n candidates with a finite logit
      * (c = 1 when n == 1). */
     EEVP_CRITERION_ENTROPY = 2,
-    /* c = cos(h_l, h_prev), cosine of the raw hidden states (before the
+    /** c = cos(h_l, h_prev), cosine of the raw hidden states (before the
      * norm) at this and at the previous checked layer; 0 at the first checked
      * layer and when either vector is zero.  Needs no logits: no pruning and
      * no projection run until the sequence exits, and the exit computes the
      * full head once.  Use k = 0 with it: the context then allocates no
      * gathered-row buffers. */
     EEVP_CRITERION_SATURATION = 3,
-    /* c = 1 when the top-1 token has been the same at the last `patience`
+    /** c = 1 when the top-1 token has been the same at the last `patience`
      * checked layers of this token (this one included), else 0. */
     EEVP_CRITERION_STABILITY = 4,
-    /* c = 1 - JS(P_prev, P_l) / ln 2, Jensen-Shannon divergence (natural log)
+    /** c = 1 - JS(P_prev, P_l) / ln 2, Jensen-Shannon divergence (natural log)
      * between the candidate distributions of this and the previous checked
      * layer, both taken over the sequence's candidate set (the pruned set
      * when pruning is active, else the whole vocabulary); 0 at the first
      * checked layer. */
     EEVP_CRITERION_JS = 5,
-    /* Set by eevp_ctx_set_criterion; not valid in eevp_ctx_options. */
+    /** Set by eevp_ctx_set_criterion; not valid in eevp_ctx_options. */
     EEVP_CRITERION_CUSTOM = 6
 } eevp_criterion;
 
-/* Threshold schedule: lambda(t) for a token at generation index t. */
+/** Threshold schedule: lambda(t) for a token at generation index t. */
 typedef enum eevp_schedule {
-    /* lambda(t) = threshold */
+    /** lambda(t) = threshold */
     EEVP_SCHEDULE_CONSTANT = 0,
-    /* CALM's decaying threshold as written in the CALM and FREE code:
+    /** CALM's decaying threshold as written in the CALM and FREE code:
      * lambda(t) = threshold * (9 + exp(-tau * t / max_length)) / 10,
      * from `threshold` at t = 0 down towards 0.9 * threshold. */
     EEVP_SCHEDULE_CALM = 1
 } eevp_schedule;
 
-/* What decides a sequence's token at the last layer when it did not exit
+/** What decides a sequence's token at the last layer when it did not exit
  * earlier. */
 typedef enum eevp_final {
-    /* The full head's argmax: exactly the model's own output (default). */
+    /** The full head's argmax: exactly the model's own output (default). */
     EEVP_FINAL_FULL = 0,
-    /* The argmax over the pruned set (falls back to the full head when the
+    /** The argmax over the pruned set (falls back to the full head when the
      * sequence has no pruned set, e.g. with the saturation criterion). */
     EEVP_FINAL_PRUNED = 1
 } eevp_final;
 
-/* Why a sequence has (or has not yet) a result in the current step. */
+/** Why a sequence has (or has not yet) a result in the current step. */
 typedef enum eevp_reason {
-    EEVP_REASON_RUNNING = 0,    /* no result yet */
-    EEVP_REASON_CONFIDENT = 1,  /* exited before the last layer: c > lambda */
-    EEVP_REASON_LAST_LAYER = 2, /* reached n_layers-1 and resolved there */
-    EEVP_REASON_ERROR = 3       /* finished with an error, see result.status */
+    EEVP_REASON_RUNNING = 0,    /**< no result yet */
+    EEVP_REASON_CONFIDENT = 1,  /**< exited before the last layer: c > lambda */
+    EEVP_REASON_LAST_LAYER = 2, /**< reached n_layers-1 and resolved there */
+    EEVP_REASON_ERROR = 3       /**< finished with an error, see result.status */
 } eevp_reason;
 
 /* ------------------------------------------------------------------------ */
 /* Status codes (values pinned forever; new codes are only appended)        */
 /* ------------------------------------------------------------------------ */
 
-#define EEVP_OK           0
-#define EEVP_EINVAL      -1  /* NULL pointer or malformed argument */
-#define EEVP_ERANGE      -2  /* a size, index, layer or value out of range */
-#define EEVP_EOVERFLOW   -3  /* a size computation overflows 64 bits */
-#define EEVP_ENOMEM      -4  /* an allocation failed */
-#define EEVP_ESTRUCT     -5  /* bad struct_size, or unknown non-zero tail */
-#define EEVP_ESTATE      -6  /* call out of order for the object's state */
-#define EEVP_EUSER       -7  /* a user callback returned an error */
-#define EEVP_ECALLBACK   -8  /* a user callback returned an invalid result */
-#define EEVP_ENONFINITE  -9  /* NaN or Inf in a hidden state or in logits */
-#define EEVP_EBUSY      -10  /* context re-entered from its own callback */
+/** @name Status codes
+ * Values pinned forever; new codes are only appended. */
+/** @{ */
+#define EEVP_OK           0  /**< success */
+#define EEVP_EINVAL      -1  /**< NULL pointer or malformed argument */
+#define EEVP_ERANGE      -2  /**< a size, index, layer or value out of range */
+#define EEVP_EOVERFLOW   -3  /**< a size computation overflows 64 bits */
+#define EEVP_ENOMEM      -4  /**< an allocation failed */
+#define EEVP_ESTRUCT     -5  /**< bad struct_size, or unknown non-zero tail */
+#define EEVP_ESTATE      -6  /**< call out of order for the object's state */
+#define EEVP_EUSER       -7  /**< a user callback returned an error */
+#define EEVP_ECALLBACK   -8  /**< a user callback returned an invalid result */
+#define EEVP_ENONFINITE  -9  /**< NaN or Inf in a hidden state or in logits */
+#define EEVP_EBUSY      -10  /**< context re-entered from its own callback */
+/** @} */
 
-/* Static English text for a status code; never NULL, also for unknown codes. */
+/** Static English text for a status code; never NULL, also for unknown codes. */
 EEVP_API const char *eevp_strerror(int code);
 
 /* ------------------------------------------------------------------------ */
 /* Allocator                                                                */
 /* ------------------------------------------------------------------------ */
 
-/* Per-object allocator hook.  alloc and free must be both set or both NULL;
+/** @brief Per-object allocator hook.
+ *
+ * alloc and free must be both set or both NULL;
  * NULL means malloc/free.  The hook is copied at creation and used for every
  * allocation the object makes, until it is freed.  alloc returns NULL on
  * failure; the library aligns inside what it gets. */
 typedef struct eevp_allocator {
-    void *(*alloc)(void *opaque, size_t size);
-    void (*free)(void *opaque, void *ptr);
-    void *opaque;
+    void *(*alloc)(void *opaque, size_t size); /**< malloc-like, or NULL */
+    void (*free)(void *opaque, void *ptr);     /**< free-like, or NULL */
+    void *opaque;                              /**< passed to alloc and free */
 } eevp_allocator;
 
 /* ------------------------------------------------------------------------ */
 /* Head: the LM head (unembedding), V x d, immutable, shareable             */
 /* ------------------------------------------------------------------------ */
 
+/** The LM head (unembedding), V x d, immutable, shareable (opaque). */
 typedef struct eevp_head eevp_head;
 
-/* Options struct rules (this one and every other): struct_size first, set by
+/** @brief Options of eevp_head_create.
+ *
+ * Options struct rules (this one and every other): struct_size first, set by
  * the initialiser; the library reads what struct_size covers and defaults the
  * rest; a struct_size larger than the library knows is accepted when the
  * unknown tail is all zero bytes, and refused (EEVP_ESTRUCT) otherwise;
  * struct_size 0 or smaller than the first version's is EEVP_ESTRUCT. */
 typedef struct eevp_head_options {
-    uint32_t struct_size;     /* sizeof(eevp_head_options) */
-    uint32_t flags;           /* EEVP_HEAD_* */
-    int64_t n_vocab;          /* V, rows of W, 1 .. EEVP_MAX_VOCAB */
-    int64_t dim;              /* d, columns of W, 1 .. EEVP_MAX_DIM */
-    int64_t row_stride;       /* floats between rows of W, dim .. INT32_MAX
+    uint32_t struct_size;     /**< sizeof(eevp_head_options) */
+    uint32_t flags;           /**< EEVP_HEAD_* */
+    int64_t n_vocab;          /**< V, rows of W, 1 .. EEVP_MAX_VOCAB */
+    int64_t dim;              /**< d, columns of W, 1 .. EEVP_MAX_DIM */
+    int64_t row_stride;       /**< floats between rows of W, dim .. INT32_MAX
                                  (BLAS's leading dimension); 0 means dim */
-    const float *weights;     /* W, row-major, row v = token v; required */
-    int64_t vocab_offset;     /* global id of row 0, >= 0; ids stay < 2^31 */
-    int32_t norm;             /* eevp_norm */
-    float norm_eps;           /* added to the variance / mean square, >= 0 */
-    const float *norm_weight; /* d floats, NULL means all ones */
-    const float *norm_bias;   /* d floats, EEVP_NORM_LAYER only, NULL means 0 */
-    const float *logit_bias;  /* V floats (-INFINITY masks a token), may be NULL */
-    float logit_scale;        /* > 0; 0 means 1 */
-    float softcap;            /* > 0 applies cap*tanh(z/cap); 0 means none */
-    const eevp_allocator *allocator; /* copied; NULL means malloc/free */
-    /* Storage of W and screening (issue 4). */
-    int32_t weight_type;      /* eevp_weight; EEVP_WEIGHT_F16 / _BF16 read W
+    const float *weights;     /**< W, row-major, row v = token v; required */
+    int64_t vocab_offset;     /**< global id of row 0, >= 0; ids stay < 2^31 */
+    int32_t norm;             /**< eevp_norm */
+    float norm_eps;           /**< added to the variance / mean square, >= 0 */
+    const float *norm_weight; /**< d floats, NULL means all ones */
+    const float *norm_bias;   /**< d floats, EEVP_NORM_LAYER only, NULL means 0 */
+    const float *logit_bias;  /**< V floats (-INFINITY masks a token), may be NULL */
+    float logit_scale;        /**< > 0; 0 means 1 */
+    float softcap;            /**< > 0 applies cap*tanh(z/cap); 0 means none */
+    const eevp_allocator *allocator; /**< copied; NULL means malloc/free */
+    /** @name Storage of W and screening (issue 4) */
+    /** @{ */
+    int32_t weight_type;      /**< eevp_weight; EEVP_WEIGHT_F16 / _BF16 read W
                                  from weights_half (weights must be NULL) */
-    const uint16_t *weights_half; /* W as V rows of row_stride half-precision
+    const uint16_t *weights_half; /**< W as V rows of row_stride half-precision
                                  values; borrowed like weights, or copied
                                  (still half) under EEVP_HEAD_COPY */
-    /* Opt-in approximation at the pruning layer: 0 none; m >= 2 makes the
+    /** Opt-in approximation at the pruning layer: 0 none; m >= 2 makes the
      * head hold an int8 copy of W (V x d bytes plus V scales, one per row)
      * used only to screen m*K candidates, whose exact logits then choose the
      * K (docs/BENCHMARKS.md: cost and measured recall). */
     int32_t screen_mult;
+    /** @} */
 } eevp_head_options;
 
+/** Initialiser of an eevp_head_options with the defaults. */
 #define EEVP_HEAD_OPTIONS_INIT \
     { (uint32_t)sizeof(eevp_head_options), 0u, 0, 0, 0, NULL, 0, EEVP_NORM_NONE, \
       1e-6f, NULL, NULL, NULL, 1.0f, 0.0f, NULL, EEVP_WEIGHT_F32, NULL, 0 }
 
-/* Initialise *opts to the defaults (same as EEVP_HEAD_OPTIONS_INIT).
+/** Initialise *opts to the defaults (same as EEVP_HEAD_OPTIONS_INIT).
  * Returns EEVP_EINVAL for NULL. */
 EEVP_API int eevp_head_options_init(eevp_head_options *opts);
 
-/* Create a head.  By default W, the norm vectors and the logit bias are
+/** Create a head.  By default W, the norm vectors and the logit bias are
  * borrowed: the caller keeps them alive and unchanged while the head lives
  * (the head reads them in place and never copies them).  With
  * EEVP_HEAD_COPY they are copied (as V x d, packed) and may be freed after
@@ -257,14 +281,14 @@ EEVP_API int eevp_head_options_init(eevp_head_options *opts);
  * NUL-terminated explanation of at most msg_size bytes is written to msg. */
 EEVP_API int eevp_head_create(eevp_head **out, const eevp_head_options *opts,
                               char *msg, size_t msg_size);
-/* Free a head (NULL is a no-op).  Every context and kernel call using it must
+/** Free a head (NULL is a no-op).  Every context and kernel call using it must
  * be finished. */
 EEVP_API void eevp_head_free(eevp_head *head);
 
-EEVP_API int64_t eevp_head_n_vocab(const eevp_head *head);     /* V, or EEVP_EINVAL */
-EEVP_API int64_t eevp_head_dim(const eevp_head *head);         /* d, or EEVP_EINVAL */
-EEVP_API int64_t eevp_head_vocab_offset(const eevp_head *head);/* or EEVP_EINVAL */
-/* Bytes the head allocated (its struct, plus the copies under
+EEVP_API int64_t eevp_head_n_vocab(const eevp_head *head);     /**< V, or EEVP_EINVAL */
+EEVP_API int64_t eevp_head_dim(const eevp_head *head);         /**< d, or EEVP_EINVAL */
+EEVP_API int64_t eevp_head_vocab_offset(const eevp_head *head);/**< or EEVP_EINVAL */
+/** Bytes the head allocated (its struct, plus the copies under
  * EEVP_HEAD_COPY), or EEVP_EINVAL. */
 EEVP_API int64_t eevp_head_memory(const eevp_head *head);
 
@@ -272,130 +296,139 @@ EEVP_API int64_t eevp_head_memory(const eevp_head *head);
 /* Context: up to max_batch sequences decoded together, single-threaded      */
 /* ------------------------------------------------------------------------ */
 
+/** Up to max_batch sequences decoded together, single-threaded (opaque). */
 typedef struct eevp_ctx eevp_ctx;
 
+/** @brief Options of eevp_ctx_create; the rules of eevp_head_options apply. */
 typedef struct eevp_ctx_options {
-    uint32_t struct_size;   /* sizeof(eevp_ctx_options) */
-    int32_t n_layers;       /* L, 1 .. EEVP_MAX_LAYERS; required */
-    int32_t max_batch;      /* 1 .. EEVP_MAX_BATCH */
-    int32_t k;              /* pruned set size; 0 or >= V: no pruning (full
+    uint32_t struct_size;   /**< sizeof(eevp_ctx_options) */
+    int32_t n_layers;       /**< L, 1 .. EEVP_MAX_LAYERS; required */
+    int32_t max_batch;      /**< 1 .. EEVP_MAX_BATCH */
+    int32_t k;              /**< pruned set size; 0 or >= V: no pruning (full
                                vocabulary at every checked layer) */
-    int32_t first_layer;    /* f, 0 .. L-1 */
-    int32_t interval;       /* i >= 1 */
-    int32_t prune_layer;    /* p, 0 .. f; -1 means f */
-    int32_t final_policy;   /* eevp_final */
-    int32_t criterion;      /* eevp_criterion, built-ins only */
-    float threshold;        /* lambda; finite */
-    int32_t schedule;       /* eevp_schedule */
-    float schedule_tau;     /* tau for EEVP_SCHEDULE_CALM, finite, >= 0 */
-    int32_t max_length;     /* N for EEVP_SCHEDULE_CALM, >= 1 */
-    int32_t patience;       /* N for EEVP_CRITERION_STABILITY, >= 1 */
-    const eevp_allocator *allocator; /* copied; NULL means malloc/free */
-    uint32_t flags;         /* EEVP_CTX_* */
+    int32_t first_layer;    /**< f, 0 .. L-1 */
+    int32_t interval;       /**< i >= 1 */
+    int32_t prune_layer;    /**< p, 0 .. f; -1 means f */
+    int32_t final_policy;   /**< eevp_final */
+    int32_t criterion;      /**< eevp_criterion, built-ins only */
+    float threshold;        /**< lambda; finite */
+    int32_t schedule;       /**< eevp_schedule */
+    float schedule_tau;     /**< tau for EEVP_SCHEDULE_CALM, finite, >= 0 */
+    int32_t max_length;     /**< N for EEVP_SCHEDULE_CALM, >= 1 */
+    int32_t patience;       /**< N for EEVP_CRITERION_STABILITY, >= 1 */
+    const eevp_allocator *allocator; /**< copied; NULL means malloc/free */
+    uint32_t flags;         /**< EEVP_CTX_* */
 
-    /* Candidate-set policies, all off by default (docs/POLICIES.md).  The
+    /** @name Candidate-set policies
+     * Candidate-set policies, all off by default (docs/POLICIES.md).  The
      * "pruned set" of a sequence is then: the top-K of the pruning layer
      * (unless static_mode is EEVP_STATIC_ONLY), united with the static list
      * and the always-included ids, without duplicates.  Ids outside the
      * head's range [vocab_offset, vocab_offset + V) are dropped (a shard
      * holds only its own rows). */
-    const int32_t *always_ids; /* n_always global ids joined to every set;
+    /** @{ */
+    const int32_t *always_ids; /**< n_always global ids joined to every set;
                                   copied at creation */
-    int32_t n_always;          /* 0 .. EEVP_MAX_LIST */
-    int32_t static_mode;       /* eevp_static */
-    const int32_t *static_ids; /* n_static global ids; copied at creation */
-    int32_t n_static;          /* 0 .. EEVP_MAX_LIST */
-    /* Re-pruning: recompute the top-K from the full head again at the
+    int32_t n_always;          /**< 0 .. EEVP_MAX_LIST */
+    int32_t static_mode;       /**< eevp_static */
+    const int32_t *static_ids; /**< n_static global ids; copied at creation */
+    int32_t n_static;          /**< 0 .. EEVP_MAX_LIST */
+    /** Re-pruning: recompute the top-K from the full head again at the
      * checked layer reprune_layer (> the pruning layer; -1: never), and/or
      * at every reprune_every-th checked layer after the pruning layer (0:
      * never).  That layer is then decided on the full vocabulary. */
     int32_t reprune_layer;
-    int32_t reprune_every;
-    /* Adaptive K: when adaptive_mass is in (0, 1], the dynamic part of the
+    int32_t reprune_every;     /**< see reprune_layer */
+    /** Adaptive K: when adaptive_mass is in (0, 1], the dynamic part of the
      * set is the smallest top set of the pruning layer's softmax holding at
      * least that probability mass, clamped to [k_min, k].  0: fixed K. */
     float adaptive_mass;
-    int32_t k_min;             /* 1 .. k, used with adaptive_mass */
+    int32_t k_min;             /**< 1 .. k, used with adaptive_mass */
+    /** @} */
 } eevp_ctx_options;
 
-/* eevp_ctx_options.flags */
-/* Bitwise batch invariance: a sequence's logits, confidences, tokens and exit
+/** @name Context flags
+ * eevp_ctx_options.flags */
+/** @{ */
+/** Bitwise batch invariance: a sequence's logits, confidences, tokens and exit
  * layers do not depend on what else shares its batch or on its row (every
  * projection is computed per row with a fixed reduction order; slower for
  * batched full projections). */
 #define EEVP_CTX_BATCH_INVARIANT 1u
-/* Exact-token exits: on a pruned exit, compute the full head once at the
+/** Exact-token exits: on a pruned exit, compute the full head once at the
  * exit layer and emit its argmax (the exit decision stays the pruned one;
  * eevp_result.pruned_token keeps the pruned argmax). */
 #define EEVP_CTX_EXACT_EXIT 2u
+/** @} */
 
-/* Largest always-included or static list. */
+/** Largest always-included or static list. */
 #define EEVP_MAX_LIST 65536
 
-/* Static candidate list use. */
+/** Static candidate list use. */
 typedef enum eevp_static {
-    EEVP_STATIC_NONE = 0,  /* no static list (static_ids ignored) */
-    EEVP_STATIC_UNION = 1, /* top-K united with the static list */
-    EEVP_STATIC_ONLY = 2   /* the static list alone: no top-K, no full
+    EEVP_STATIC_NONE = 0,  /**< no static list (static_ids ignored) */
+    EEVP_STATIC_UNION = 1, /**< top-K united with the static list */
+    EEVP_STATIC_ONLY = 2   /**< the static list alone: no top-K, no full
                               projection at the pruning layer unless checked */
 } eevp_static;
 
+/** Initialiser of an eevp_ctx_options with the defaults (n_layers to set). */
 #define EEVP_CTX_OPTIONS_INIT \
     { (uint32_t)sizeof(eevp_ctx_options), 0, 1, 256, 0, 1, -1, EEVP_FINAL_FULL, \
       EEVP_CRITERION_TOP2_GAP, 0.9f, EEVP_SCHEDULE_CONSTANT, 4.0f, 1024, 2, NULL, \
       0u, NULL, 0, EEVP_STATIC_NONE, NULL, 0, -1, 0, 0.0f, 1 }
 
-/* Initialise *opts to the defaults (same as EEVP_CTX_OPTIONS_INIT): batch 1,
+/** Initialise *opts to the defaults (same as EEVP_CTX_OPTIONS_INIT): batch 1,
  * K = 256, f = 0, i = 1, p = f, full final layer, top-2 gap with lambda 0.9,
  * constant threshold (tau 4, N 1024 for the CALM schedule), patience 2.
  * n_layers has no default and must be set.  EEVP_EINVAL for NULL. */
 EEVP_API int eevp_ctx_options_init(eevp_ctx_options *opts);
 
-/* Bytes a context with these options on this head would allocate: exactly
+/** Bytes a context with these options on this head would allocate: exactly
  * what eevp_ctx_create asks its allocator for.  On failure *bytes is 0. */
 EEVP_API int eevp_ctx_memory_estimate(int64_t *bytes, const eevp_head *head,
                                       const eevp_ctx_options *opts);
 
-/* Create a context on a head.  The head must outlive the context.  All the
+/** Create a context on a head.  The head must outlive the context.  All the
  * context's memory, O(max_batch * (K*d + V)) floats, is allocated here;
  * steps allocate nothing.  On failure *out is NULL and msg (if not NULL)
  * receives an explanation, as for eevp_head_create. */
 EEVP_API int eevp_ctx_create(eevp_ctx **out, const eevp_head *head,
                              const eevp_ctx_options *opts,
                              char *msg, size_t msg_size);
-/* Free a context (NULL is a no-op); destroys a custom criterion's state.
+/** Free a context (NULL is a no-op); destroys a custom criterion's state.
  * Never from inside the context's own callback. */
 EEVP_API void eevp_ctx_free(eevp_ctx *ctx);
 
-/* Detail of the last error returned by a function that takes a non-const
+/** Detail of the last error returned by a function that takes a non-const
  * eevp_ctx *, "" after such a call succeeded (functions taking a const
  * context report through their return code only).  The text is owned by the
  * context and valid until the next call on it.  Never NULL (a NULL ctx gives
  * a fixed text). */
 EEVP_API const char *eevp_ctx_errmsg(const eevp_ctx *ctx);
 
-/* Abandon any step in progress and forget every per-sequence state.  The
+/** Abandon any step in progress and forget every per-sequence state.  The
  * configuration, the criterion and the statistics are kept. */
 EEVP_API int eevp_ctx_reset(eevp_ctx *ctx);
 
-/* 1 when the host must hand over `layer` in every step (a checked layer or
+/** 1 when the host must hand over `layer` in every step (a checked layer or
  * the pruning layer), 0 when it need not, EEVP_ERANGE outside 0 .. L-1. */
 EEVP_API int eevp_ctx_layer_required(const eevp_ctx *ctx, int32_t layer);
 
-/* Bytes this context allocated (equals eevp_ctx_memory_estimate). */
+/** Bytes this context allocated (equals eevp_ctx_memory_estimate). */
 EEVP_API int64_t eevp_ctx_memory(const eevp_ctx *ctx);
 
 /* ------------------------------------------------------------------------ */
 /* Step: one token for n_seq sequences                                      */
 /* ------------------------------------------------------------------------ */
 
-/* Begin a step for sequences 0 .. n_seq-1 (1 <= n_seq <= max_batch).
+/** Begin a step for sequences 0 .. n_seq-1 (1 <= n_seq <= max_batch).
  * positions[s] is sequence s's generation index t >= 0 (used by the CALM
  * schedule); NULL means t = 0 for all.  EEVP_ESTATE when a step is in
  * progress (finish it with eevp_step_end or eevp_step_abandon). */
 EEVP_API int eevp_step_begin(eevp_ctx *ctx, int32_t n_seq, const int32_t *positions);
 
-/* Hand over the hidden states (raw, before the final norm) after `layer`.
+/** Hand over the hidden states (raw, before the final norm) after `layer`.
  *
  * Layers strictly increase within a step.  Layers for which
  * eevp_ctx_layer_required is 0 may be skipped, or handed over (then they are
@@ -421,44 +454,44 @@ EEVP_API int eevp_step_begin(eevp_ctx *ctx, int32_t n_seq, const int32_t *positi
 EEVP_API int eevp_step_layer(eevp_ctx *ctx, int32_t layer, const float *hidden,
                              int64_t ld, int32_t n_rows, const int32_t *row_seq);
 
-/* Number of sequences of the current step still running (>= 0), or an error.
+/** Number of sequences of the current step still running (>= 0), or an error.
  * After eevp_step_end, 0. */
 EEVP_API int32_t eevp_step_n_running(const eevp_ctx *ctx);
 
-/* End the step: every sequence must have a result (EEVP_ESTATE otherwise).
+/** End the step: every sequence must have a result (EEVP_ESTATE otherwise).
  * Commits the step's statistics.  Results and candidates stay readable
  * until the next eevp_step_begin or eevp_ctx_reset. */
 EEVP_API int eevp_step_end(eevp_ctx *ctx);
 
-/* Drop the step in progress: its partial results go, its statistics are not
+/** Drop the step in progress: its partial results go, its statistics are not
  * counted.  With no step in progress (none begun, or already ended) it does
  * nothing and returns EEVP_OK, so an ended step's results stay readable. */
 EEVP_API int eevp_step_abandon(eevp_ctx *ctx);
 
-/* Per-sequence result of the current (or just ended) step. */
+/** @brief Per-sequence result of the current (or just ended) step. */
 typedef struct eevp_result {
-    uint32_t struct_size; /* set by the caller: sizeof(eevp_result) */
-    int32_t reason;       /* eevp_reason */
-    int32_t status;       /* EEVP_OK, or the sequence's own error */
-    int32_t token;        /* global token id; -1 unless resolved */
-    int32_t layer;        /* layer where it resolved; -1 while running */
-    int32_t pruned;       /* 1 when decided on the pruned set, else 0 */
-    float confidence;     /* c at the deciding layer (NaN while running) */
-    float threshold;      /* lambda(t) used for this sequence */
-    int32_t pruned_token; /* argmax over the pruned set when pruned == 1
+    uint32_t struct_size; /**< set by the caller: sizeof(eevp_result) */
+    int32_t reason;       /**< eevp_reason */
+    int32_t status;       /**< EEVP_OK, or the sequence's own error */
+    int32_t token;        /**< global token id; -1 unless resolved */
+    int32_t layer;        /**< layer where it resolved; -1 while running */
+    int32_t pruned;       /**< 1 when decided on the pruned set, else 0 */
+    float confidence;     /**< c at the deciding layer (NaN while running) */
+    float threshold;      /**< lambda(t) used for this sequence */
+    int32_t pruned_token; /**< argmax over the pruned set when pruned == 1
                              (differs from token only under
                              EEVP_CTX_EXACT_EXIT), else -1 */
-    int32_t set_size;     /* size of the pruned set the sequence held at
+    int32_t set_size;     /**< size of the pruned set the sequence held at
                              resolution, 0 without one */
 } eevp_result;
 
-/* Read sequence seq's result.  out->struct_size must be set (at least the
+/** Read sequence seq's result.  out->struct_size must be set (at least the
  * first version's size, EEVP_ESTRUCT otherwise); the library fills what it
  * knows and zero-fills the rest of what struct_size covers.  The same rule
  * holds for every struct the library writes (eevp_stats). */
 EEVP_API int eevp_step_result(const eevp_ctx *ctx, int32_t seq, eevp_result *out);
 
-/* Copy the top min(capacity, n) candidates of a resolved sequence (n = K for
+/** Copy the top min(capacity, n) candidates of a resolved sequence (n = K for
  * a pruned decision, V for a full-vocabulary one) into logits[] and ids[]
  * (global ids), in the order.  *n_out receives how many were written.  The
  * logits are the transformed ones the decision used.  Pointers are the
@@ -470,74 +503,84 @@ EEVP_API int eevp_step_candidates(eevp_ctx *ctx, int32_t seq, int32_t capacity,
 /* Criteria: user-defined exit criteria                                     */
 /* ------------------------------------------------------------------------ */
 
-/* What a criterion needs, eevp_criterion_vtbl.needs. */
-#define EEVP_NEEDS_LOGITS      1u /* logits over the candidates */
-#define EEVP_NEEDS_PREV_HIDDEN 2u /* hidden state at the previous checked layer */
+/** @name Criterion needs
+ * What a criterion needs, eevp_criterion_vtbl.needs. */
+/** @{ */
+#define EEVP_NEEDS_LOGITS      1u /**< logits over the candidates */
+#define EEVP_NEEDS_PREV_HIDDEN 2u /**< hidden state at the previous checked layer */
+/** @} */
 
-/* One sequence at one checked layer, as shown to a criterion.  Every pointer
- * is valid only during the callback. */
+/** @brief One sequence at one checked layer, as shown to a criterion.
+ *
+ * Every pointer is valid only during the callback. */
 typedef struct eevp_exit_view {
-    uint32_t struct_size;     /* sizeof(eevp_exit_view) of the library */
-    int32_t seq;              /* sequence index in the step */
-    int32_t layer;            /* this layer */
-    int32_t n_layers;         /* L */
-    int32_t position;         /* generation index t */
-    int32_t dim;              /* d */
-    const float *hidden;      /* raw hidden state (before the norm), d floats */
-    const float *prev_hidden; /* previous checked layer's, NULL at the first
+    uint32_t struct_size;     /**< sizeof(eevp_exit_view) of the library */
+    int32_t seq;              /**< sequence index in the step */
+    int32_t layer;            /**< this layer */
+    int32_t n_layers;         /**< L */
+    int32_t position;         /**< generation index t */
+    int32_t dim;              /**< d */
+    const float *hidden;      /**< raw hidden state (before the norm), d floats */
+    const float *prev_hidden; /**< previous checked layer's, NULL at the first
                                  check or without EEVP_NEEDS_PREV_HIDDEN */
-    int32_t n;                /* number of candidates; 0 without logits */
-    int32_t pruned;           /* 1 when the candidates are the pruned set */
-    const float *logits;      /* n transformed logits, NULL without logits */
-    const int32_t *ids;       /* n global ids, NULL without logits: the pruned
+    int32_t n;                /**< number of candidates; 0 without logits */
+    int32_t pruned;           /**< 1 when the candidates are the pruned set */
+    const float *logits;      /**< n transformed logits, NULL without logits */
+    const int32_t *ids;       /**< n global ids, NULL without logits: the pruned
                                  set in its order at the pruning layer, or
                                  the vocabulary in row order */
-    int32_t top1_id, top2_id; /* in the order; -1 when absent */
-    float top1_logit, top2_logit;
-    float log_sum_exp;        /* log(sum(exp(logits))) */
-    float threshold;          /* lambda(t) */
+    /** @{ */
+    int32_t top1_id, top2_id; /**< in the order; -1 when absent */
+    /** @} */
+    /** @{ */
+    float top1_logit, top2_logit; /**< logits of top1_id and top2_id */
+    /** @} */
+    float log_sum_exp;        /**< log(sum(exp(logits))) */
+    float threshold;          /**< lambda(t) */
 } eevp_exit_view;
 
-/* A criterion's function table.  Copied at registration. */
+/** @brief A criterion's function table.
+ *
+ * Copied at registration. */
 typedef struct eevp_criterion_vtbl {
-    uint32_t struct_size;  /* sizeof(eevp_criterion_vtbl); first, always */
-    const char *name;      /* may be NULL; not copied, keep it alive */
-    uint32_t needs;        /* EEVP_NEEDS_* */
-    /* Required.  Write the confidence (finite) to *confidence.  *exit comes
+    uint32_t struct_size;  /**< sizeof(eevp_criterion_vtbl); first, always */
+    const char *name;      /**< may be NULL; not copied, keep it alive */
+    uint32_t needs;        /**< EEVP_NEEDS_* */
+    /** Required.  Write the confidence (finite) to *confidence.  *exit comes
      * in as -1, meaning "exit iff confidence > threshold"; set it to 0 or 1 to
      * decide yourself (ignored at the last layer).  Return 0, or non-zero
      * for an error (the sequence then finishes with EEVP_EUSER).  Must not
      * call back into the context (EEVP_EBUSY). */
     int (*decide)(void *state, const eevp_exit_view *view,
                   float *confidence, int32_t *exit);
-    /* May be NULL.  Called for each sequence at every eevp_step_begin. */
+    /** May be NULL.  Called for each sequence at every eevp_step_begin. */
     void (*reset)(void *state, int32_t seq);
-    /* May be NULL.  Called once with state when the criterion is replaced or
+    /** May be NULL.  Called once with state when the criterion is replaced or
      * the context freed. */
     void (*destroy)(void *state);
 } eevp_criterion_vtbl;
 
-/* Register a user criterion (the table is copied, state is taken over).
+/** Register a user criterion (the table is copied, state is taken over).
  * Replaces the criterion in use; the previous custom state, if any, is
  * destroyed.  Not during a step (EEVP_ESTATE).  On failure the context keeps
  * its criterion and the caller keeps state (destroy is not called). */
 EEVP_API int eevp_ctx_set_criterion(eevp_ctx *ctx, const eevp_criterion_vtbl *vtbl,
                                     void *state);
 
-/* The threshold lambda(t) the context applies at generation index t >= 0. */
+/** The threshold lambda(t) the context applies at generation index t >= 0. */
 EEVP_API int eevp_ctx_threshold(const eevp_ctx *ctx, int32_t t, float *lambda);
 
 /* ------------------------------------------------------------------------ */
 /* Kernels: the building blocks, for runtimes that only want them            */
 /* ------------------------------------------------------------------------ */
 
-/* Bytes of workspace eevp_head_logits / eevp_head_pruned_logits need for n
+/** Bytes of workspace eevp_head_logits / eevp_head_pruned_logits need for n
  * hidden states (the normalised copies), or a negative error.  Kernels take
  * 1 <= n <= EEVP_MAX_BATCH hidden states (EEVP_ERANGE otherwise) and report
  * NaN/Inf in a hidden state as EEVP_ENONFINITE. */
 EEVP_API int64_t eevp_head_workspace_size(const eevp_head *head, int32_t n);
 
-/* Full logits for n hidden states: logits[r*ld_logits + v] = z_v(hidden row r),
+/** Full logits for n hidden states: logits[r*ld_logits + v] = z_v(hidden row r),
  * v in 0 .. V-1 (local row index; global id = v + vocab_offset).  work holds
  * eevp_head_workspace_size(head, n) bytes, aligned to 64 bytes.  Thread-safe
  * on a shared head. */
@@ -545,14 +588,14 @@ EEVP_API int eevp_head_logits(const eevp_head *head, int32_t n,
                               const float *hidden, int64_t ld_hidden,
                               float *logits, int64_t ld_logits, void *work);
 
-/* Gather rows of W: out[j*ld_out + c] = W[ids[j] - vocab_offset][c] for j < k,
+/** Gather rows of W: out[j*ld_out + c] = W[ids[j] - vocab_offset][c] for j < k,
  * and bias_out[j] = logit_bias of that token (0 without bias) when bias_out
  * is not NULL.  1 <= k <= V; ids are global and must be inside the head
  * (EEVP_ERANGE otherwise, nothing written). */
 EEVP_API int eevp_head_gather(const eevp_head *head, const int32_t *ids, int32_t k,
                               float *out, int64_t ld_out, float *bias_out);
 
-/* Pruned logits: logits[r*ld_logits + j] = z for the token whose row was
+/** Pruned logits: logits[r*ld_logits + j] = z for the token whose row was
  * gathered into rows[j*ld_rows ...] with bias bias[j] (NULL: 0), for n hidden
  * states and 1 <= k <= V rows (ld_rows <= INT32_MAX).  Uses the head's norm,
  * scale and soft-cap.  work as for eevp_head_logits. */
@@ -562,11 +605,11 @@ EEVP_API int eevp_head_pruned_logits(const eevp_head *head, int32_t k,
                                      const float *hidden, int64_t ld_hidden,
                                      float *logits, int64_t ld_logits, void *work);
 
-/* Bytes of workspace eevp_head_screen needs for k, or a negative error
+/** Bytes of workspace eevp_head_screen needs for k, or a negative error
  * (EEVP_EINVAL for a head created without screen_mult). */
 EEVP_API int64_t eevp_head_screen_workspace_size(const eevp_head *head, int32_t k);
 
-/* Approximate pruning step for one hidden state, on a head created with
+/** Approximate pruning step for one hidden state, on a head created with
  * screen_mult = m >= 2: the head's int8 copy ranks all V rows (the hidden
  * state quantised to int8 as well), the best min(V, m*k) get their exact
  * logits, and the best k of those, in the order, are written: global ids to
@@ -578,10 +621,10 @@ EEVP_API int64_t eevp_head_screen_workspace_size(const eevp_head *head, int32_t 
 EEVP_API int eevp_head_screen(const eevp_head *head, const float *hidden, int32_t k,
                               int32_t *ids, float *logits, void *work);
 
-/* Bytes of workspace eevp_topk needs for k of n values. */
+/** Bytes of workspace eevp_topk needs for k of n values. */
 EEVP_API int64_t eevp_topk_workspace_size(int64_t n, int32_t k);
 
-/* Exact top-k of x[0..n-1] in the order (value descending, index ascending),
+/** Exact top-k of x[0..n-1] in the order (value descending, index ascending),
  * by selection, O(n + k log k) expected.  Writes the k indices plus
  * id_offset to ids[] and, when values is not NULL, their values.  1 <= k <= n
  * <= EEVP_MAX_VOCAB and n - 1 + id_offset <= INT32_MAX (EEVP_ERANGE).
@@ -593,50 +636,53 @@ EEVP_API int eevp_topk(const float *x, int64_t n, int32_t k, int64_t id_offset,
 /* Statistics                                                               */
 /* ------------------------------------------------------------------------ */
 
-/* Per-context statistics, over the steps ended since creation or the last
- * eevp_ctx_stats_reset (abandoned steps are not counted).  FLOPs and bytes
- * are counted analytically: a projection over R rows of W for one hidden
+/** @brief Per-context statistics, over the steps ended since creation or the
+ * last eevp_ctx_stats_reset (abandoned steps are not counted).
+ *
+ * FLOPs and bytes are counted analytically: a projection over R rows of W for one hidden
  * state is (2d-1)*R FLOPs and 4*R*d bytes of W; a gather of K rows is
  * 4*K*d bytes.  The baseline is a full-vocabulary projection at every check
  * actually performed. */
 typedef struct eevp_stats {
-    uint32_t struct_size;          /* set by the caller: sizeof(eevp_stats) */
-    int32_t n_layers;              /* length of the exit histogram */
-    int64_t tokens;                /* sequences resolved (errors included) */
-    int64_t exited_early;          /* EEVP_REASON_CONFIDENT */
-    int64_t reached_last;          /* EEVP_REASON_LAST_LAYER */
-    int64_t failed;                /* EEVP_REASON_ERROR */
-    int64_t checks;                /* confidence evaluations */
-    int64_t pruned_decisions;      /* tokens decided on the pruned set */
-    /* Among tokens that reached the last layer and were decided on the full
+    uint32_t struct_size;          /**< set by the caller: sizeof(eevp_stats) */
+    int32_t n_layers;              /**< length of the exit histogram */
+    int64_t tokens;                /**< sequences resolved (errors included) */
+    int64_t exited_early;          /**< EEVP_REASON_CONFIDENT */
+    int64_t reached_last;          /**< EEVP_REASON_LAST_LAYER */
+    int64_t failed;                /**< EEVP_REASON_ERROR */
+    int64_t checks;                /**< confidence evaluations */
+    int64_t pruned_decisions;      /**< tokens decided on the pruned set */
+    /** Among tokens that reached the last layer and were decided on the full
      * head while holding a pruned set: how many had their token inside it. */
     int64_t k_coverage_hits;
-    int64_t k_coverage_total;      /* the denominator */
-    double k_coverage_final;       /* hits / total, 0 when total == 0 */
-    int64_t head_flops;            /* spent */
-    int64_t head_flops_baseline;   /* full vocabulary at every check */
-    int64_t head_bytes;            /* W bytes read, gathers included */
-    int64_t head_bytes_baseline;
-    /* Candidate-set policies. */
-    int64_t pruned_sets;           /* sets built (prunings and re-prunings) */
-    int64_t set_size_sum;          /* their sizes summed (mean = / pruned_sets) */
-    int64_t reprunes;              /* re-prunings performed */
-    int64_t reprune_changed;       /* ... whose set differed from the one before */
-    int64_t always_emitted;        /* tokens emitted that are always-included ids */
-    int64_t static_emitted;        /* tokens emitted from the static list */
-    int64_t exact_exits;           /* pruned exits re-decided on the full head */
-    int64_t exact_exit_changed;    /* ... where the full argmax differed */
+    int64_t k_coverage_total;      /**< the denominator */
+    double k_coverage_final;       /**< hits / total, 0 when total == 0 */
+    int64_t head_flops;            /**< spent */
+    int64_t head_flops_baseline;   /**< full vocabulary at every check */
+    int64_t head_bytes;            /**< W bytes read, gathers included */
+    int64_t head_bytes_baseline;   /**< W bytes the baseline reads */
+    /** @name Candidate-set policies */
+    /** @{ */
+    int64_t pruned_sets;           /**< sets built (prunings and re-prunings) */
+    int64_t set_size_sum;          /**< their sizes summed (mean = / pruned_sets) */
+    int64_t reprunes;              /**< re-prunings performed */
+    int64_t reprune_changed;       /**< ... whose set differed from the one before */
+    int64_t always_emitted;        /**< tokens emitted that are always-included ids */
+    int64_t static_emitted;        /**< tokens emitted from the static list */
+    int64_t exact_exits;           /**< pruned exits re-decided on the full head */
+    int64_t exact_exit_changed;    /**< ... where the full argmax differed */
+    /** @} */
 } eevp_stats;
 
-/* Read the statistics.  out->struct_size must be set. */
+/** Read the statistics.  out->struct_size must be set. */
 EEVP_API int eevp_ctx_stats(const eevp_ctx *ctx, eevp_stats *out);
-/* Copy the exit-layer histogram: counts[l] = tokens resolved at layer l,
+/** Copy the exit-layer histogram: counts[l] = tokens resolved at layer l,
  * for l < min(n, L). */
 EEVP_API int eevp_ctx_exit_histogram(const eevp_ctx *ctx, int64_t *counts, int32_t n);
-/* Copy the histogram of pruned-set sizes: counts[s] = sets built of size s,
+/** Copy the histogram of pruned-set sizes: counts[s] = sets built of size s,
  * for s < n (sizes >= n are not copied). */
 EEVP_API int eevp_ctx_set_size_histogram(const eevp_ctx *ctx, int64_t *counts, int32_t n);
-/* Zero the statistics. */
+/** Zero the statistics. */
 EEVP_API int eevp_ctx_stats_reset(eevp_ctx *ctx);
 
 #ifdef __cplusplus
