@@ -72,12 +72,25 @@ int eevpi_head_screen(const eevp_head *h, const float *xn, int32_t k, int32_t *i
     /* Ascending ids: rows read in memory order, and the selection's index
      * tie-break becomes the id tie-break of the order. */
     qsort(sid, (size_t)m, sizeof *sid, cmp_id);
+    if (h->wtype == EEVP_WEIGHT_F32) {
+        /* Eight rows side by side: eight independent accumulator chains and
+         * eight memory streams, where one row at a time waits on both.  The
+         * same bits as one dot per row (dot_rows' contract). */
+        for (j = 0; j < m; j += 8) {
+            const float *rp[8];
+            const int32_t q = m - j < 8 ? m - j : 8;
+            int32_t e;
+            for (e = 0; e < q; e++)
+                rp[e] = h->W + (int64_t)sid[j + e] * h->stride;
+            h->dk->dot_rows(rp, q, d, xn, ze + j);
+        }
+    } else {
+        for (j = 0; j < m; j++)
+            h->dk->dot(h->wtype, h->W16 + (int64_t)sid[j] * h->stride, h->stride, 1, d, 1, xn,
+                       d, ze + j, 1);
+    }
     for (j = 0; j < m; j++) {
         const int64_t v = sid[j];
-        h->dk->dot(h->wtype,
-                   h->wtype == EEVP_WEIGHT_F32 ? (const void *)(h->W + v * h->stride)
-                                               : (const void *)(h->W16 + v * h->stride),
-                   h->stride, 1, d, 1, xn, d, ze + j, 1);
         ze[j] = ze[j] * h->scale + (h->bias ? h->bias[v] : 0.0f);
         if (h->cap > 0.0f && ze[j] > -INFINITY)
             ze[j] = h->cap * tanhf(ze[j] / h->cap);
