@@ -57,7 +57,7 @@ build lib:
 
 $(SHARED): $(OBJS) src/libeevp.vers | lib
 	$(CC) -shared -Wl,-soname,$(SONAME) -Wl,--version-script=src/libeevp.vers \
-	  -Wl,--no-undefined -o $@ $(OBJS) $(BLAS_LIBS) -lm $(LDFLAGS)
+	  -Wl,--no-undefined -o $@ $(OBJS) $(BLAS_LIBS) -lm -pthread $(LDFLAGS)
 
 lib/$(SONAME): $(SHARED)
 	ln -sf libeevp.so.$(VERSION) $@
@@ -430,7 +430,7 @@ install: all
 	  install -d $(DESTDIR)$(mandir)/man3 && \
 	  install -m 644 build/docs/man/man3/*.3 $(DESTDIR)$(mandir)/man3/; \
 	fi
-	if [ -z "$(DESTDIR)" ] && command -v ldconfig >/dev/null; then ldconfig; fi
+	if [ -z "$(DESTDIR)" ] && [ "$$(id -u)" = 0 ] && command -v ldconfig >/dev/null; then ldconfig; fi
 
 uninstall:
 	rm -f $(DESTDIR)$(includedir)/eevp.h \
@@ -439,7 +439,7 @@ uninstall:
 	  $(DESTDIR)$(libdir)/pkgconfig/eevp.pc
 	rm -f $(DESTDIR)$(mandir)/man3/eevp.h.3 $(DESTDIR)$(mandir)/man3/eevp_*.3 \
 	  $(DESTDIR)$(mandir)/man3/EEVP_*.3
-	if [ -z "$(DESTDIR)" ] && command -v ldconfig >/dev/null; then ldconfig; fi
+	if [ -z "$(DESTDIR)" ] && [ "$$(id -u)" = 0 ] && command -v ldconfig >/dev/null; then ldconfig; fi
 
 clean:
 	rm -rf build lib eevp.pc tests/check_eevp $(EXAMPLES) examples/tinylm/tinylm tests/bench/bench

@@ -65,7 +65,7 @@ extern "C" {
  * these three lines. */
 /** @{ */
 #define EEVP_VERSION_MAJOR 1 /**< major version */
-#define EEVP_VERSION_MINOR 0 /**< minor version */
+#define EEVP_VERSION_MINOR 1 /**< minor version */
 #define EEVP_VERSION_PATCH 0 /**< patch version */
 /** @} */
 
@@ -345,7 +345,25 @@ typedef struct eevp_ctx_options {
     float adaptive_mass;
     int32_t k_min;             /**< 1 .. k, used with adaptive_mass */
     /** @} */
+
+    /** Ignored.  The 1.0 layout ended with 4 bytes of tail padding here,
+     * which a 1.0 caller may leave uninitialised, so nothing is read from
+     * them (docs/ABI.md). */
+    uint32_t reserved_1_0;
+    /** Threads for this context's kernels (since 1.1): 0 or 1 runs
+     * everything on the calling thread, as before; n in 2 ..
+     * EEVP_MAX_THREADS starts n - 1 worker threads at creation (joined by
+     * eevp_ctx_free) that take shares of the large projections: the full
+     * projection at the pruning layer for up to 8 hidden states (and for
+     * any number on a half-precision head) and the pruned checks.  Results
+     * do not depend on n >= 2.  The context is still used from one thread
+     * at a time; criteria and the allocator are only called on that thread.
+     * Not for a context used in a child after fork() (docs/THREADS.md). */
+    int32_t n_threads;
 } eevp_ctx_options;
+
+/** Largest eevp_ctx_options.n_threads. */
+#define EEVP_MAX_THREADS 64
 
 /** @name Context flags
  * eevp_ctx_options.flags */
@@ -376,7 +394,7 @@ typedef enum eevp_static {
 #define EEVP_CTX_OPTIONS_INIT \
     { (uint32_t)sizeof(eevp_ctx_options), 0, 1, 256, 0, 1, -1, EEVP_FINAL_FULL, \
       EEVP_CRITERION_TOP2_GAP, 0.9f, EEVP_SCHEDULE_CONSTANT, 4.0f, 1024, 2, NULL, \
-      0u, NULL, 0, EEVP_STATIC_NONE, NULL, 0, -1, 0, 0.0f, 1 }
+      0u, NULL, 0, EEVP_STATIC_NONE, NULL, 0, -1, 0, 0.0f, 1, 0u, 0 }
 
 /** Initialise *opts to the defaults (same as EEVP_CTX_OPTIONS_INIT): batch 1,
  * K = 256, f = 0, i = 1, p = f, full final layer, top-2 gap with lambda 0.9,
@@ -491,11 +509,14 @@ typedef struct eevp_result {
  * holds for every struct the library writes (eevp_stats). */
 EEVP_API int eevp_step_result(const eevp_ctx *ctx, int32_t seq, eevp_result *out);
 
-/** Copy the top min(capacity, n) candidates of a resolved sequence (n = K for
- * a pruned decision, V for a full-vocabulary one) into logits[] and ids[]
- * (global ids), in the order.  *n_out receives how many were written.  The
- * logits are the transformed ones the decision used.  Pointers are the
- * caller's; on failure nothing is written and *n_out is 0. */
+/** Copy the top min(capacity, n) candidates of a resolved sequence into
+ * logits[] and ids[] (global ids), in the order: n is the pruned set's size
+ * (eevp_result.set_size: K, or what the candidate-set policies made of it)
+ * for a pruned decision, and V for a full-vocabulary one and for an
+ * exact-token exit (EEVP_CTX_EXACT_EXIT), whose candidates are the full
+ * head's logits at the exit layer.  *n_out receives how many were written.
+ * The logits are transformed (norm, scale, bias, soft-cap).  Pointers are
+ * the caller's; on failure nothing is written and *n_out is 0. */
 EEVP_API int eevp_step_candidates(eevp_ctx *ctx, int32_t seq, int32_t capacity,
                                   float *logits, int32_t *ids, int32_t *n_out);
 

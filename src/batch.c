@@ -165,56 +165,111 @@ static float finish(const eevp_head *h, float v, const float *b)
     return v;
 }
 
-void eevpi_pruned_union(const eevp_head *h, const eevpi_union *u, int32_t n_act,
-                        const int32_t *act, const int32_t *k_of, const float *xn,
-                        float *const *z, float *work)
+/* The two phases of a check through the plan, each split between the
+ * context's threads: the dense pass by rows, then the candidates of the
+ * concatenated sets (copied from the dense products, or one dot per sparse
+ * row, eight rows side by side) by ranges. */
+typedef struct union_job {
+    const eevp_head *h;
+    const eevpi_union *u;
+    int32_t n_act, nd;
+    const int32_t *act, *k_of;
+    const float *xn;
+    float *const *z;
+    float *work;
+    int64_t total;
+} union_job;
+
+static void union_dense_part(void *arg, int part, int parts)
 {
-    /* One sequence left: its dense rows go through dot_rows too, rather
-     * than a pass over every dense row of the plan (same bits either way). */
-    const int32_t nd = n_act >= 2 ? u->n_dense : 0;
+    const union_job *j = (const union_job *)arg;
+    const int64_t d = j->h->d;
+    int64_t r0, r1;
+    eevpi_split(j->nd, part, parts, 8, &r0, &r1);
+    if (r0 < r1)
+        j->h->dk->dot(EEVP_WEIGHT_F32, j->u->rows + r0 * d, d, r1 - r0, d, j->n_act, j->xn, d,
+                      j->work + r0, j->nd);
+}
+
+static void flush_sparse(const eevp_head *h, const float *const *rp, const int32_t *jp,
+                         int32_t q, const float *x, float *zi)
+{
+    float zz[8];
+    int32_t e;
+    h->dk->dot_rows(rp, q, h->d, x, zz);
+    for (e = 0; e < q; e++)
+        zi[jp[e]] = zz[e];
+}
+
+static void union_cand_part(void *arg, int part, int parts)
+{
+    const union_job *j = (const union_job *)arg;
+    const eevp_head *h = j->h;
+    const eevpi_union *u = j->u;
     const int64_t d = h->d;
+    int64_t t0, t1, base = 0;
     int32_t i;
-    if (nd > 0)
-        h->dk->dot(EEVP_WEIGHT_F32, u->rows, d, nd, d, n_act, xn, d, work, nd);
-    for (i = 0; i < n_act; i++) {
-        const int32_t s = act[i];
-        const float *x = xn + i * d;
-        float *zi = z[i];
+    eevpi_split(j->total, part, parts, 8, &t0, &t1);
+    for (i = 0; i < j->n_act && base < t1; i++) {
+        const int32_t s = j->act[i], k = j->k_of[s];
+        const float *x = j->xn + i * d;
+        const int32_t a = (int32_t)(t0 > base ? t0 - base : 0);
+        const int32_t b = (int32_t)(t1 - base < k ? t1 - base : k);
+        float *zi = j->z[i];
         const float *rp[8];
-        int32_t jp[8], q = 0, j, m;
+        int32_t jp[8], q = 0, c, m;
         int64_t off = 0;
+        base += k;
+        if (a >= b)
+            continue;
         for (m = 0; m < s; m++)
-            off += k_of[m];
-        for (j = 0; j < k_of[s]; j++) {
-            const int32_t r = u->pos[off + j];
-            if (r < nd) {
-                zi[j] = work[(int64_t)i * nd + r];
+            off += j->k_of[m];
+        for (c = a; c < b; c++) {
+            const int32_t r = u->pos[off + c];
+            if (r < j->nd) {
+                zi[c] = j->work[(int64_t)i * j->nd + r];
                 continue;
             }
-            /* Sparse rows, eight at a time (independent accumulators). */
             rp[q] = u->rows + r * d;
-            jp[q++] = j;
-            if (q == 8 || j == k_of[s] - 1) {
-                float zz[8];
-                int32_t e;
-                h->dk->dot_rows(rp, q, d, x, zz);
-                for (e = 0; e < q; e++)
-                    zi[jp[e]] = zz[e];
+            jp[q++] = c;
+            if (q == 8) {
+                flush_sparse(h, rp, jp, q, x, zi);
                 q = 0;
             }
         }
-        if (q > 0) {
-            float zz[8];
-            int32_t e;
-            h->dk->dot_rows(rp, q, d, x, zz);
-            for (e = 0; e < q; e++)
-                zi[jp[e]] = zz[e];
-        }
-        for (j = 0; j < k_of[s]; j++) {
-            const int32_t r = u->pos[off + j];
-            zi[j] = finish(h, zi[j], u->bias ? u->bias + r : NULL);
+        if (q > 0)
+            flush_sparse(h, rp, jp, q, x, zi);
+        for (c = a; c < b; c++) {
+            const int32_t r = u->pos[off + c];
+            zi[c] = finish(h, zi[c], u->bias ? u->bias + r : NULL);
         }
     }
+}
+
+void eevpi_pruned_union(const eevp_head *h, const eevpi_union *u, eevpi_pool *pool,
+                        int32_t n_act, const int32_t *act, const int32_t *k_of, const float *xn,
+                        float *const *z, float *work)
+{
+    union_job j;
+    int32_t i;
+    j.h = h;
+    j.u = u;
+    j.n_act = n_act;
+    /* One sequence left: its dense rows go through dot_rows too, rather
+     * than a pass over every dense row of the plan (same bits either way). */
+    j.nd = n_act >= 2 ? u->n_dense : 0;
+    j.act = act;
+    j.k_of = k_of;
+    j.xn = xn;
+    j.z = z;
+    j.work = work;
+    j.total = 0;
+    for (i = 0; i < n_act; i++)
+        j.total += k_of[act[i]];
+    if (j.nd > 0)
+        eevpi_pool_run(eevpi_pool_for(pool, 4 * (int64_t)j.nd * h->d), union_dense_part, &j);
+    eevpi_pool_run(eevpi_pool_for(pool, 4 * (j.total - (int64_t)n_act * j.nd / 2) * h->d),
+                   union_cand_part, &j);
 }
 
 void eevpi_pruned_each(const eevp_head *h, int32_t n, const int32_t *k_of,

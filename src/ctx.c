@@ -78,6 +78,8 @@ static int read_options(eevp_ctx_options *o, const eevp_head *head,
     RANGE(o->max_batch >= 1 && o->max_batch <= EEVP_MAX_BATCH, "max_batch %d outside 1..%d",
           (int)o->max_batch, EEVP_MAX_BATCH);
     RANGE(o->k >= 0, "k %d is negative", (int)o->k);
+    RANGE(o->n_threads >= 0 && o->n_threads <= EEVP_MAX_THREADS, "n_threads %d outside 0..%d",
+          (int)o->n_threads, EEVP_MAX_THREADS);
     RANGE(o->first_layer >= 0 && o->first_layer < o->n_layers,
           "first_layer %d outside 0..n_layers-1 (%d)", (int)o->first_layer,
           (int)o->n_layers - 1);
@@ -287,7 +289,7 @@ EEVP_API int eevp_ctx_memory_estimate(int64_t *bytes, const eevp_head *head,
         return rc;
     if ((arena = configure(&c, head, &o)) < 0)
         return EEVP_EOVERFLOW;
-    *bytes = arena + (int64_t)sizeof(eevp_ctx);
+    *bytes = arena + (int64_t)sizeof(eevp_ctx) + eevpi_pool_size(o.n_threads);
     return EEVP_OK;
 }
 
@@ -329,7 +331,14 @@ EEVP_API int eevp_ctx_create(eevp_ctx **out, const eevp_head *head,
                   (long long)arena);
         return EEVP_ENOMEM;
     }
-    c->bytes = arena + (int64_t)sizeof *c;
+    c->bytes = arena + (int64_t)sizeof *c + eevpi_pool_size(o.n_threads);
+    c->pool = NULL;
+    if (o.n_threads >= 2 &&
+        (rc = eevpi_pool_create(&c->pool, o.n_threads, &mem, msg, msg_size)) != EEVP_OK) {
+        eevpi_free(&mem, c->block);
+        eevpi_free(&mem, c);
+        return rc;
+    }
     a.base = (unsigned char *)c->block +
              (EEVPI_ALIGN - (uintptr_t)c->block % EEVPI_ALIGN) % EEVPI_ALIGN;
     plan(c, &a);
@@ -358,8 +367,13 @@ EEVP_API int eevp_ctx_create(eevp_ctx **out, const eevp_head *head,
 
 static void drop_user(eevp_ctx *ctx)
 {
-    if (ctx->criterion == EEVP_CRITERION_CUSTOM && ctx->user.destroy)
+    if (ctx->criterion == EEVP_CRITERION_CUSTOM && ctx->user.destroy) {
+        /* Calls into this context from destroy are refused (EEVP_EBUSY),
+         * as from decide and reset. */
+        ctx->busy = 1;
         ctx->user.destroy(ctx->user_state);
+        ctx->busy = 0;
+    }
     ctx->user_state = NULL;
 }
 
@@ -369,6 +383,7 @@ EEVP_API void eevp_ctx_free(eevp_ctx *ctx)
     if (!ctx)
         return;
     drop_user(ctx);
+    eevpi_pool_free(ctx->pool);
     mem = ctx->mem;
     eevpi_free(&mem, ctx->block);
     eevpi_free(&mem, ctx);

@@ -65,6 +65,8 @@ struct eevp_ctx {
     int64_t *uni_keys;       /* 2 max_batch K: the plan's sort scratch */
     float *uni_work;         /* 2 max_batch K: the dense pass's products */
 
+    eevpi_pool *pool;        /* n_threads >= 2: the worker threads; else NULL */
+
     /* step */
     int32_t active, n_seq, last_layer, busy;
     eevpi_seq *seq;       /* max_batch */

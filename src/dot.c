@@ -181,13 +181,23 @@ static const void *head_rows(const eevp_head *h)
     return h->wtype == EEVP_WEIGHT_F32 ? (const void *)h->W : (const void *)h->W16;
 }
 
+void eevpi_head_project_range(const eevp_head *h, int64_t r0, int64_t r1, int32_t n,
+                              const float *xn, float *z, int64_t ldz)
+{
+    const int64_t esz = h->wtype == EEVP_WEIGHT_F32 ? 4 : 2;
+    int32_t r;
+    if (r1 <= r0)
+        return;
+    h->dk->dot(h->wtype, (const char *)head_rows(h) + r0 * h->stride * esz, h->stride, r1 - r0,
+               h->d, n, xn, h->d, z + r0, ldz);
+    for (r = 0; r < n; r++)
+        eevpi_head_transform(h, z + r * ldz + r0, r1 - r0, h->bias ? h->bias + r0 : NULL);
+}
+
 void eevpi_head_project_inv(const eevp_head *h, int32_t n, const float *xn, float *z,
                             int64_t ldz)
 {
-    int32_t r;
-    h->dk->dot(h->wtype, head_rows(h), h->stride, h->V, h->d, n, xn, h->d, z, ldz);
-    for (r = 0; r < n; r++)
-        eevpi_head_transform(h, z + r * ldz, h->V, h->bias);
+    eevpi_head_project_range(h, 0, h->V, n, xn, z, ldz);
 }
 
 void eevpi_head_project_rows_inv(const eevp_head *h, int32_t k, const float *rows,

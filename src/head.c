@@ -354,6 +354,39 @@ void eevpi_head_project(const eevp_head *h, int32_t n, const float *xn, float *z
         eevpi_head_transform(h, z + r * ldz, h->V, h->bias);
 }
 
+typedef struct proj_job {
+    const eevp_head *h;
+    int32_t n;
+    const float *xn;
+    float *z;
+    int64_t ldz;
+} proj_job;
+
+static void proj_part(void *arg, int part, int parts)
+{
+    const proj_job *j = (const proj_job *)arg;
+    int64_t r0, r1;
+    eevpi_split(j->h->V, part, parts, 64, &r0, &r1);
+    eevpi_head_project_range(j->h, r0, r1, j->n, j->xn, j->z, j->ldz);
+}
+
+void eevpi_head_project_pool(const eevp_head *h, eevpi_pool *pool, int32_t n, const float *xn,
+                             float *z, int64_t ldz)
+{
+    proj_job j;
+    pool = eevpi_pool_for(pool, h->V * h->d * (h->wtype == EEVP_WEIGHT_F32 ? 4 : 2));
+    if (!pool || (h->wtype == EEVP_WEIGHT_F32 && n > EEVPI_MULTI_MAX)) {
+        eevpi_head_project(h, n, xn, z, ldz);
+        return;
+    }
+    j.h = h;
+    j.n = n;
+    j.xn = xn;
+    j.z = z;
+    j.ldz = ldz;
+    eevpi_pool_run(pool, proj_part, &j);
+}
+
 /* The library's own single-threaded kernel rather than SGEMV: a K x d block
  * is too small for OpenBLAS's threads (with 2 threads on a busy machine the
  * wake-up costs ten times the work), and the fixed order makes a pruned

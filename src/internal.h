@@ -31,6 +31,34 @@ int eevpi_mem_init(eevpi_mem *m, const eevp_allocator *user, char *msg, size_t m
 void *eevpi_alloc(const eevpi_mem *m, size_t size);
 void eevpi_free(const eevpi_mem *m, void *p);
 
+/* A context's worker threads (pool.c). */
+typedef struct eevpi_pool eevpi_pool;
+typedef void (*eevpi_pool_fn)(void *arg, int part, int n_parts);
+/* n_threads >= 2 parts (n_threads - 1 threads), memory through mem.
+ * EEVP_ENOMEM (message in msg) when memory or a thread is refused. */
+int eevpi_pool_create(eevpi_pool **out, int n_threads, const eevpi_mem *mem, char *msg,
+                      size_t msg_size);
+void eevpi_pool_free(eevpi_pool *pool);
+/* Bytes eevpi_pool_create asks the allocator for (0 below 2 threads). */
+int64_t eevpi_pool_size(int n_threads);
+/* fn(arg, part, n) for every part, part 0 on the calling thread; returns
+ * when all are done.  pool NULL: fn(arg, 0, 1). */
+void eevpi_pool_run(eevpi_pool *pool, eevpi_pool_fn fn, void *arg);
+/* Work worth splitting: at least EEVPI_POOL_GRAIN bytes of rows per part
+ * for two parts (a wake-up costs some microseconds; 256 KB take about ten
+ * to read).  Returns pool, or NULL to run inline. */
+#define EEVPI_POOL_GRAIN ((int64_t)256 << 10)
+eevpi_pool *eevpi_pool_for(eevpi_pool *pool, int64_t bytes);
+/* Part `part` of `parts` of [0, n) in whole units of `align`: [*lo, *hi). */
+static inline void eevpi_split(int64_t n, int part, int parts, int64_t align, int64_t *lo,
+                               int64_t *hi)
+{
+    const int64_t units = (n + align - 1) / align;
+    const int64_t a = units * part / parts * align, b = units * (part + 1) / parts * align;
+    *lo = a < n ? a : n;
+    *hi = b < n ? b : n;
+}
+
 /* printf-style message into a caller buffer (NULL/0 ignored). */
 void eevpi_msg(char *buf, size_t size, const char *fmt, ...)
 #if defined(__GNUC__)
@@ -227,6 +255,15 @@ uint16_t eevpi_f32_to_bf16(float f);
 #define EEVPI_MULTI_MAX 8
 void eevpi_head_project_inv(const eevp_head *h, int32_t n, const float *xn, float *z,
                             int64_t ldz);
+/* The same for local rows [r0, r1) only: z[r * ldz + v], r0 <= v < r1. */
+void eevpi_head_project_range(const eevp_head *h, int64_t r0, int64_t r1, int32_t n,
+                              const float *xn, float *z, int64_t ldz);
+/* Full logits with a context's worker threads: the fixed-order kernel split
+ * by rows when the pool is worth waking (pool NULL or a small head:
+ * eevpi_head_project); fp32 with more than EEVPI_MULTI_MAX rows stays on
+ * SGEMM.  Bit-identical whatever the number of parts. */
+void eevpi_head_project_pool(const eevp_head *h, eevpi_pool *pool, int32_t n, const float *xn,
+                             float *z, int64_t ldz);
 
 /* Pruned logits for one row with the fixed-order kernel (bit-identical to
  * the union kernel below). */
@@ -293,11 +330,12 @@ int eevpi_union_pick(const eevp_head *h, const eevpi_union *u, const int32_t *k_
 /* Checks through the plan for the n_act sequences act[0..n_act-1] (indices
  * into the plan's sequences, e.g. those still running), normalised rows xn
  * (d apart, in act order), logits to z[i] (k_of[act[i]] floats).  The dense
- * pass runs when n_act >= 2; a lone sequence reads only its own rows.
+ * pass runs when n_act >= 2; a lone sequence reads only its own rows.  With
+ * a pool, both phases are shared out between its threads (same bits).
  * k_of: the plan's set sizes.  work: n_act * n_dense floats (a dense row is
  * in at least half of the sets, so n_dense <= 2 * max k). */
-void eevpi_pruned_union(const eevp_head *h, const eevpi_union *u, int32_t n_act,
-                        const int32_t *act, const int32_t *k_of, const float *xn,
+void eevpi_pruned_union(const eevp_head *h, const eevpi_union *u, eevpi_pool *pool,
+                        int32_t n_act, const int32_t *act, const int32_t *k_of, const float *xn,
                         float *const *z, float *work);
 /* Checks per sequence (each reads its own rows). */
 void eevpi_pruned_each(const eevp_head *h, int32_t n, const int32_t *k_of,

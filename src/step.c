@@ -267,9 +267,10 @@ static void project_full(eevp_ctx *ctx, const int32_t *list, const int32_t *xrow
     if (ctx->o.flags & EEVP_CTX_BATCH_INVARIANT) {
         /* One row at a time: the same reduction order whatever the batch. */
         for (i = 0; i < m; i++)
-            eevpi_head_project(ctx->head, 1, ctx->xn + i * d, slot_logits(ctx, i), V);
+            eevpi_head_project_pool(ctx->head, ctx->pool, 1, ctx->xn + i * d,
+                                    slot_logits(ctx, i), V);
     } else {
-        eevpi_head_project(ctx->head, m, ctx->xn, ctx->logits, V);
+        eevpi_head_project_pool(ctx->head, ctx->pool, m, ctx->xn, ctx->logits, V);
     }
     count_projection(ctx, (int64_t)m * V);
 }
@@ -630,6 +631,37 @@ static void layer_full(eevp_ctx *ctx, int32_t layer, int32_t m, const int32_t *l
         gather_sets(ctx, xrow, nb);
 }
 
+/* Per-sequence pruned projections of list[0..m-1], split between the
+ * context's threads by rows of the concatenated sets (one sequence's set
+ * may be shared out too).  Each row's logit is computed the same way
+ * whoever computes it. */
+typedef struct pruned_job {
+    eevp_ctx *ctx;
+    int32_t m;
+    const int32_t *list;
+    int64_t total;
+} pruned_job;
+
+static void pruned_part(void *arg, int part, int parts)
+{
+    const pruned_job *j = (const pruned_job *)arg;
+    const eevp_head *h = j->ctx->head;
+    int64_t t0, t1, base = 0;
+    int32_t i;
+    eevpi_split(j->total, part, parts, 8, &t0, &t1);
+    for (i = 0; i < j->m && base < t1; i++) {
+        const eevpi_seq *q = &j->ctx->seq[j->list[i]];
+        const int64_t a = t0 > base ? t0 - base : 0;
+        const int64_t b = t1 - base < q->set_n ? t1 - base : q->set_n;
+        if (a < b)
+            eevpi_head_project_rows(h, (int32_t)(b - a), q->set_rows + a * h->d, h->d,
+                                    q->set_bias ? q->set_bias + a : NULL,
+                                    j->ctx->xn + (int64_t)i * h->d,
+                                    slot_logits(j->ctx, q->slot) + a);
+        base += q->set_n;
+    }
+}
+
 /* Pruned layer: the K-row projections of every sequence, through the union
  * plan when the sets were gathered that way, else one per sequence on its
  * own block; then the checks. */
@@ -643,25 +675,30 @@ static void layer_pruned(eevp_ctx *ctx, int32_t layer, int32_t m, int32_t *list,
     int32_t i, n_exact = 0;
     check c;
 
+    for (i = 0; i < m; i++)
+        ensure_slot(ctx, list[i]);
     if (ctx->uni_on) {
         for (i = 0; i < m; i++) {
-            ensure_slot(ctx, list[i]);
             ctx->uni_act[i] = ctx->uni_idx[list[i]];
             ctx->uni_z[i] = slot_logits(ctx, ctx->seq[list[i]].slot);
         }
-        eevpi_pruned_union(h, &ctx->uni, m, ctx->uni_act, ctx->uni_k, ctx->xn, ctx->uni_z,
-                           ctx->uni_work);
+        eevpi_pruned_union(h, &ctx->uni, ctx->pool, m, ctx->uni_act, ctx->uni_k, ctx->xn,
+                           ctx->uni_z, ctx->uni_work);
+    } else {
+        pruned_job j;
+        j.ctx = ctx;
+        j.m = m;
+        j.list = list;
+        j.total = 0;
+        for (i = 0; i < m; i++)
+            j.total += ctx->seq[list[i]].set_n;
+        eevpi_pool_run(eevpi_pool_for(ctx->pool, 4 * j.total * h->d), pruned_part, &j);
     }
     for (i = 0; i < m; i++) {
         const int32_t s = list[i];
         eevpi_seq *q = &ctx->seq[s];
-        float *z;
+        const float *z = slot_logits(ctx, q->slot);
         int rc;
-        ensure_slot(ctx, s);
-        z = slot_logits(ctx, q->slot);
-        if (!ctx->uni_on)
-            eevpi_head_project_rows(h, q->set_n, q->set_rows, h->d, q->set_bias,
-                                    ctx->xn + (int64_t)i * h->d, z);
         count_projection(ctx, q->set_n);
         rc = check_logits(ctx, s, layer, hrow[i], z, q->set_ids, q->set_n, 1, 0, &c);
         if (rc != EEVP_OK) {

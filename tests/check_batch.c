@@ -131,7 +131,7 @@ static void fixture_free(fixture *fx)
     free(fx->hid);
 }
 
-static eevp_ctx *make_ctx(const fixture *fx, uint32_t flags)
+static eevp_ctx *make_ctx_t(const fixture *fx, uint32_t flags, int32_t n_threads)
 {
     const bcfg *c = fx->c;
     eevp_ctx_options o = EEVP_CTX_OPTIONS_INIT;
@@ -148,9 +148,15 @@ static eevp_ctx *make_ctx(const fixture *fx, uint32_t flags)
     o.threshold = c->threshold;
     o.reprune_every = c->reprune_every;
     o.flags = flags;
+    o.n_threads = n_threads;
     rc = eevp_ctx_create(&ctx, fx->h, &o, msg, sizeof msg);
     ck_assert_msg(rc == EEVP_OK, "%s: %s", c->name, msg);
     return ctx;
+}
+
+static eevp_ctx *make_ctx(const fixture *fx, uint32_t flags)
+{
+    return make_ctx_t(fx, flags, 0);
 }
 
 /* Run one step with members[0..n-1] (pool indices) in batch rows 0..n-1,
@@ -362,6 +368,106 @@ START_TEST(test_flag_same_decisions_alone)
 }
 END_TEST
 
+/* Worker threads (n_threads >= 2) on heads large enough for the kernels to
+ * share their work out (the library runs small jobs inline): with the
+ * batch-invariance flag, two and three threads give the same bits in every
+ * batch, with and without the overlap that selects the union plan, and
+ * without the flag four threads give those bits too in batches of up to 8
+ * (the library's kernel for every projection); against one thread (SGEMV
+ * and SGEMM for the full projections) the decisions agree and the logits
+ * stay within the rounding bound. */
+static const bcfg tcfgs[] = {
+    { "threads: top2, pruned", 3000, 128, 5, 1, 256, EEVP_CRITERION_TOP2_GAP,
+      EEVP_FINAL_PRUNED, EEVP_NORM_RMS, 0, 0.8f, 0 },
+    { "threads: overlapping sets, re-pruning", 2500, 128, 6, 1, 192, EEVP_CRITERION_ENTROPY,
+      EEVP_FINAL_FULL, EEVP_NORM_RMS, 2, 0.97f, 1 },
+    /* One sequence's set alone is shared out (per-sequence kernel). */
+    { "threads: large sets", 2048, 256, 4, 1, 512, EEVP_CRITERION_TOP2_GAP, EEVP_FINAL_PRUNED,
+      EEVP_NORM_RMS, 0, 0.9f, 0 },
+    { "threads: no pruning", 3000, 80, 4, 0, 0, EEVP_CRITERION_MAX_PROB, EEVP_FINAL_FULL,
+      EEVP_NORM_LAYER, 0, 0.95f, 0 },
+};
+
+START_TEST(test_threads_same_bits)
+{
+    const bcfg *c = &tcfgs[_i];
+    fixture fx;
+    eevp_ctx *one, *two, *three, *four;
+    outcome solo[POOL], got2[POOL], got3[POOL], got4[POOL];
+    uint32_t seed = 4242u + (uint32_t)_i;
+    int32_t p, n, i, members[POOL];
+    int64_t compared = 0, flips = 0;
+
+    /* Large enough to be shared out: the full head, and (pruned) the sets
+     * of a batch of 6. */
+    ck_assert((int64_t)c->V * c->d * 4 >= 2 * EEVPI_POOL_GRAIN);
+    ck_assert(c->k == 0 || (int64_t)6 * c->k * c->d * 4 >= 2 * EEVPI_POOL_GRAIN);
+    fixture_make(&fx, c, 1300u + (uint32_t)_i);
+    one = make_ctx_t(&fx, 0, 1);
+    two = make_ctx_t(&fx, EEVP_CTX_BATCH_INVARIANT, 2);
+    three = make_ctx_t(&fx, EEVP_CTX_BATCH_INVARIANT, 3);
+    four = make_ctx_t(&fx, 0, 4);
+    ck_assert_ptr_null(one->pool);
+    ck_assert_ptr_nonnull(two->pool);
+    for (p = 0; p < POOL; p++)
+        run_batch(&fx, one, &p, 1, 0, &seed, &solo[p]);
+    for (n = 1; n <= POOL; n += 3) {
+        for (i = 0; i < POOL; i++)
+            members[i] = i;
+        for (i = POOL - 1; i > 0; i--) {
+            int32_t j = (int32_t)(ref_rand_u32(&seed) % (uint32_t)(i + 1)), t = members[i];
+            members[i] = members[j];
+            members[j] = t;
+        }
+        run_batch(&fx, two, members, n, n % 3, &seed, got2);
+        run_batch(&fx, three, members, n, (n + 1) % 3, &seed, got3);
+        run_batch(&fx, four, members, n, (n + 2) % 3, &seed, got4);
+        for (i = 0; i < n; i++) {
+            const outcome *ref = &solo[members[i]];
+            ck_assert_msg(bitwise_same(&got2[i], &got3[i]),
+                          "%s: batch %d: sequence %d differs between 2 and 3 threads",
+                          c->name, n, members[i]);
+            if (n <= EEVPI_MULTI_MAX)
+                ck_assert_msg(bitwise_same(&got2[i], &got4[i]),
+                              "%s: batch %d: sequence %d differs between 2 and 4 threads",
+                              c->name, n, members[i]);
+            compared++;
+            if (got3[i].r.token == ref->r.token && got3[i].r.layer == ref->r.layer &&
+                got3[i].r.reason == ref->r.reason) {
+                ck_assert_msg(within_bound(&fx, members[i], &got3[i], ref),
+                              "%s: batch %d: sequence %d's logits beyond the bound", c->name,
+                              n, members[i]);
+            } else {
+                flips++;
+                ck_assert_msg(fragile(ref), "%s: batch %d: sequence %d decided differently "
+                              "with threads", c->name, n, members[i]);
+            }
+        }
+        outcome_free(got2, n);
+        outcome_free(got3, n);
+        outcome_free(got4, n);
+    }
+    ck_assert(flips * 10 <= compared);
+    /* Alone, and as row 1 of a batch of 2, with the flag. */
+    for (p = 0; p < 3; p++) {
+        outcome a;
+        run_batch(&fx, three, &p, 1, 0, &seed, &a);
+        members[0] = (p + 1) % POOL;
+        members[1] = p;
+        run_batch(&fx, three, members, 2, 1, &seed, got3);
+        ck_assert(bitwise_same(&a, &got3[1]));
+        outcome_free(&a, 1);
+        outcome_free(got3, 2);
+    }
+    outcome_free(solo, POOL);
+    eevp_ctx_free(one);
+    eevp_ctx_free(two);
+    eevp_ctx_free(three);
+    eevp_ctx_free(four);
+    fixture_free(&fx);
+}
+END_TEST
+
 Suite *make_batch_suite(void)
 {
     Suite *s = suite_create("batch");
@@ -369,6 +475,8 @@ Suite *make_batch_suite(void)
     tcase_set_timeout(tc, 120);
     tcase_add_loop_test(tc, test_batch_invariant, 0, N_BCFG);
     tcase_add_loop_test(tc, test_flag_same_decisions_alone, 0, N_BCFG);
+    tcase_add_loop_test(tc, test_threads_same_bits, 0,
+                        (int)(sizeof tcfgs / sizeof tcfgs[0]));
     suite_add_tcase(s, tc);
     return s;
 }

@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "ctx.h" /* white box: the worker pool */
 #include "eevp.h"
 #include "ref.h"
 
@@ -444,6 +445,36 @@ START_TEST(test_struct_ctx_options)
     ck_assert_int_eq(eevp_ctx_memory_estimate(&bytes, h, &u.o), EEVP_OK);
     ck_assert_int_eq(bytes, eevp_ctx_memory(c));
     eevp_ctx_free(c);
+
+    /* A 1.0 caller: struct_size = its sizeof (v1 rounded up to the struct's
+     * alignment, padding after k_min included) with garbage in that padding
+     * and in what lies beyond: it gets the defaults for what 1.1 appended
+     * (no worker threads), which must start past that size. */
+    {
+        struct align_probe {
+            char c;
+            eevp_ctx_options o;
+        };
+        const uint32_t al = (uint32_t)offsetof(struct align_probe, o);
+        const uint32_t size_1_0 = (v1 + al - 1) / al * al;
+        ck_assert_uint_ge(offsetof(eevp_ctx_options, n_threads), size_1_0);
+        u.o.struct_size = size_1_0;
+    }
+    u.o.reserved_1_0 = 0xa5a5a5a5u;
+    u.o.n_threads = 7;
+    c = NULL;
+    ck_assert_int_eq(eevp_ctx_create(&c, h, &u.o, NULL, 0), EEVP_OK);
+    ck_assert_ptr_null(c->pool);
+    ck_assert_int_eq(eevp_ctx_memory_estimate(&bytes, h, &u.o), EEVP_OK);
+    ck_assert_int_eq(bytes, eevp_ctx_memory(c));
+    eevp_ctx_free(c);
+    /* v1 exactly (no padding covered) works too. */
+    u.o.struct_size = v1;
+    ck_assert_int_eq(eevp_ctx_create(&c, h, &u.o, NULL, 0), EEVP_OK);
+    eevp_ctx_free(c);
+    u.o.struct_size = sizeof u;
+    u.o.reserved_1_0 = 0;
+    u.o.n_threads = 0;
 
     for (i = sizeof(eevp_ctx_options); i < sizeof u; i += 5) {
         u.b[i] = 0xff;

@@ -20,6 +20,8 @@
 #include "../src/dot.c"
 #include "../src/dot_avx2.c"
 #include "../src/batch.c"
+#include "../src/pool.c"
+#include "../src/util.c"
 #else
 #include "internal.h"
 #endif
@@ -615,7 +617,7 @@ START_TEST(test_pruned_union)
         int32_t act[11];
         for (i = 0; i < B; i++)
             act[i] = i;
-        eevpi_pruned_union(h, &u, B, act, k_of, xn, z2, work);
+        eevpi_pruned_union(h, &u, NULL, B, act, k_of, xn, z2, work);
     }
     for (i = 0; i < B; i++) {
         EXPECT(memcmp(z1[i], z2[i], (size_t)k_of[i] * 4) == 0, "seq %d: union differs",
@@ -642,7 +644,7 @@ START_TEST(test_pruned_union)
             zs[i] = z2[act[i]];
             memset(zs[i], 0, (size_t)k_of[act[i]] * 4);
         }
-        eevpi_pruned_union(h, &u, 3, act, k_of, xs, zs, work);
+        eevpi_pruned_union(h, &u, NULL, 3, act, k_of, xs, zs, work);
         for (i = 0; i < 3; i++)
             EXPECT(memcmp(z1[act[i]], zs[i], (size_t)k_of[act[i]] * 4) == 0,
                    "subset seq %d differs", (int)act[i]);

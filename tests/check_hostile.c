@@ -202,6 +202,52 @@ static void hostile_fixture(float *W, float *hid)
                     (float)(l + 1) * (float)s * W[(3 * s) * HD + c];
 }
 
+/* destroy calling back into its context: refused like decide and reset,
+ * both when the criterion is replaced and when the context is freed. */
+static void reentering_destroy(void *state)
+{
+    hostile *hs = state;
+    hs->calls++;
+    hs->not_busy += reenter_all(hs->ctx);
+}
+
+START_TEST(test_destroy_reenters)
+{
+    float W[HV * HD];
+    eevp_head *h;
+    eevp_ctx *c;
+    eevp_ctx_options o;
+    eevp_criterion_vtbl vt;
+    hostile a, b;
+    uint32_t seed = 5;
+
+    fill_random(W, HV * HD, &seed, -1, 1);
+    h = head_of(W, HV, HD, NULL, EEVP_NORM_RMS, 0);
+    o = ctx_opts(HL, HB, 6, EEVP_CRITERION_TOP2_GAP, 0.9f);
+    c = ctx_of(h, &o);
+    memset(&vt, 0, sizeof vt);
+    vt.struct_size = sizeof vt;
+    vt.needs = EEVP_NEEDS_LOGITS;
+    vt.decide = hostile_decide;
+    vt.destroy = reentering_destroy;
+    memset(&a, 0, sizeof a);
+    memset(&b, 0, sizeof b);
+    a.ctx = b.ctx = c;
+    a.bad_seq = b.bad_seq = -1;
+    ck_assert_int_eq(eevp_ctx_set_criterion(c, &vt, &a), EEVP_OK);
+    ck_assert_int_eq(eevp_ctx_set_criterion(c, &vt, &b), EEVP_OK); /* destroys a */
+    ck_assert_int_eq(a.calls, 1);
+    ck_assert_int_eq(a.not_busy, 0);
+    /* The context is usable afterwards: not left busy. */
+    ck_assert_int_eq(eevp_step_begin(c, 1, NULL), EEVP_OK);
+    ck_assert_int_eq(eevp_step_abandon(c), EEVP_OK);
+    eevp_ctx_free(c); /* destroys b */
+    ck_assert_int_eq(b.calls, 1);
+    ck_assert_int_eq(b.not_busy, 0);
+    eevp_head_free(h);
+}
+END_TEST
+
 /* _i: the misbehaviour, at sequence 1, layer 2. */
 START_TEST(test_hostile_callback)
 {
@@ -638,6 +684,7 @@ Suite *make_hostile_suite(void)
 
     tc = tcase_create("callbacks");
     tcase_add_loop_test(tc, test_hostile_callback, 0, H_N);
+    tcase_add_test(tc, test_destroy_reenters);
     tcase_add_loop_test(tc, test_callback_values, 0, 7);
     suite_add_tcase(s, tc);
 

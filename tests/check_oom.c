@@ -175,22 +175,27 @@ END_TEST
 typedef struct ccfg {
     const char *name;
     int head_bias;
-    int32_t L, batch, k, f, i, p, crit, final_, schedule;
+    int32_t L, batch, k, f, i, p, crit, final_, schedule, n_threads;
 } ccfg;
 
 static const ccfg ccfgs[] = {
     { "top2 default", 0, 6, 1, 8, 0, 1, -1, EEVP_CRITERION_TOP2_GAP, EEVP_FINAL_FULL,
-      EEVP_SCHEDULE_CONSTANT },
+      EEVP_SCHEDULE_CONSTANT, 0 },
     { "js, batch 4, bias", 1, 8, 4, 8, 2, 2, 1, EEVP_CRITERION_JS, EEVP_FINAL_FULL,
-      EEVP_SCHEDULE_CONSTANT },
+      EEVP_SCHEDULE_CONSTANT, 0 },
     { "saturation", 0, 5, 3, 8, 1, 1, -1, EEVP_CRITERION_SATURATION, EEVP_FINAL_FULL,
-      EEVP_SCHEDULE_CONSTANT },
+      EEVP_SCHEDULE_CONSTANT, 0 },
     { "stability, pruned final, calm", 1, 7, 2, 5, 1, 2, 0, EEVP_CRITERION_STABILITY,
-      EEVP_FINAL_PRUNED, EEVP_SCHEDULE_CALM },
+      EEVP_FINAL_PRUNED, EEVP_SCHEDULE_CALM, 0 },
     { "entropy, no pruning", 1, 4, 5, 0, 0, 1, -1, EEVP_CRITERION_ENTROPY, EEVP_FINAL_FULL,
-      EEVP_SCHEDULE_CONSTANT },
+      EEVP_SCHEDULE_CONSTANT, 0 },
     { "maxprob, k >= V", 0, 3, 2, 1000, 1, 1, -1, EEVP_CRITERION_MAX_PROB, EEVP_FINAL_PRUNED,
-      EEVP_SCHEDULE_CONSTANT },
+      EEVP_SCHEDULE_CONSTANT, 0 },
+    /* Worker threads: the pool's blocks are allocations of the context too. */
+    { "js, batch 4, bias, 3 threads", 1, 8, 4, 8, 2, 2, 1, EEVP_CRITERION_JS,
+      EEVP_FINAL_FULL, EEVP_SCHEDULE_CONSTANT, 3 },
+    { "top2, 2 threads", 0, 6, 1, 8, 0, 1, -1, EEVP_CRITERION_TOP2_GAP, EEVP_FINAL_PRUNED,
+      EEVP_SCHEDULE_CONSTANT, 2 },
 };
 #define N_CCFG ((int)(sizeof ccfgs / sizeof ccfgs[0]))
 
@@ -238,6 +243,7 @@ static eevp_ctx_options cfg_opts(const ccfg *c, const eevp_allocator *a)
     o.schedule = c->schedule;
     o.threshold = 0.6f;
     o.allocator = a;
+    o.n_threads = c->n_threads;
     return o;
 }
 
@@ -579,7 +585,7 @@ static eevp_ctx_options pol_opts(const pcfg *p, const eevp_allocator *a, const i
                                  const int32_t *statics)
 {
     static const ccfg base = { "policies", 1, 6, 3, 8, 1, 1, 0, EEVP_CRITERION_TOP2_GAP,
-                               EEVP_FINAL_FULL, EEVP_SCHEDULE_CONSTANT };
+                               EEVP_FINAL_FULL, EEVP_SCHEDULE_CONSTANT, 0 };
     eevp_ctx_options o = cfg_opts(&base, a);
     o.always_ids = p->n_always ? always : NULL;
     o.n_always = p->n_always;

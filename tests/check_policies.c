@@ -1547,6 +1547,8 @@ START_TEST(test_pol_option_errors)
         case 27: o.flags = 4u; expect = EEVP_EINVAL; break;
         case 28: o.flags = 0x80000000u | EX; expect = EEVP_EINVAL; break;
         case 29: o.flags = ~0u; expect = EEVP_EINVAL; break;
+        case 30: o.n_threads = -1; expect = EEVP_ERANGE; break;
+        case 31: o.n_threads = EEVP_MAX_THREADS + 1; expect = EEVP_ERANGE; break;
         default: expect = 1; break;
         }
         if (expect == 1)
@@ -1576,6 +1578,10 @@ START_TEST(test_pol_option_errors)
         case 6: o.static_mode = SO; o.static_ids = ids; o.n_static = 2; o.k = 0; break;
         case 7: o.flags = EX | BI; break;
         case 8: o.static_mode = SU; o.static_ids = ids; o.n_static = 0; break;
+        case 9: o.n_threads = 1; break;
+        case 10: o.n_threads = 4; break;
+        /* The 1.0 layout's tail padding: never read. */
+        case 11: o.reserved_1_0 = 0xdeadbeefu; break;
         default: i = -1; break;
         }
         if (i < 0)

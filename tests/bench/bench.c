@@ -303,6 +303,9 @@ static eevp_ctx *make_ctx(const eevp_head *h, int32_t B, int32_t k, int32_t laye
     o.final_policy = EEVP_FINAL_PRUNED;
     o.criterion = EEVP_CRITERION_TOP2_GAP;
     o.threshold = 2.0f; /* never exits: every layer is paid */
+    /* The context's own threads follow the configuration's thread count,
+     * as OpenBLAS's do. */
+    o.n_threads = cur_threads;
     if (eevp_ctx_create(&c, h, &o, msg, sizeof msg) != EEVP_OK) {
         fprintf(stderr, "bench: ctx: %s\n", msg);
         exit(1);
@@ -534,7 +537,7 @@ static void run_each(void *p)
 static void run_union(void *p)
 {
     batch_arg *a = (batch_arg *)p;
-    eevpi_pruned_union(a->h, &a->u, a->n, a->act, a->k_of, a->xn, a->z, a->work);
+    eevpi_pruned_union(a->h, &a->u, NULL, a->n, a->act, a->k_of, a->xn, a->z, a->work);
 }
 
 typedef struct build_arg {

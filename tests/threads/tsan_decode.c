@@ -7,7 +7,8 @@
  * exited, where the next token's hidden states are derived from the tokens
  * just emitted (a feedback loop, as a runtime's), then the results,
  * candidates and statistics are read; between tokens it also calls the
- * kernels on the shared head.  Every emitted token, exit layer and
+ * kernels on the shared head.  Three of the contexts have worker threads of
+ * their own (n_threads 2 and 3).  Every emitted token, exit layer and
  * confidence is folded into a digest.  The same work is then done again on
  * the main thread alone, with fresh contexts, and every digest must be
  * identical.
@@ -27,7 +28,10 @@
 
 #include "eevp.h"
 
-enum { NT = 8, V = 500, D = 48, L = 8, MAXB = 6 };
+/* The head (V x D floats, 537 KB) is large enough for the contexts with
+ * worker threads to share their full projections out; thread 5's pruned
+ * sets (B 6 x K 256) are too. */
+enum { NT = 8, V = 1200, D = 112, L = 8, MAXB = 6 };
 
 static float g_W[V * D], g_nw[D], g_bias[V];
 static const eevp_head *g_head;
@@ -92,7 +96,8 @@ static void *worker(void *arg)
     o.n_layers = L;
     o.max_batch = B;
     o.criterion = crits[id];
-    o.k = o.criterion == EEVP_CRITERION_SATURATION ? 0 : 8 + 4 * id;
+    o.k = o.criterion == EEVP_CRITERION_SATURATION ? 0 : id == 5 ? 256 : 8 + 4 * id;
+    o.n_threads = id % 3 == 2 ? 3 : id == 4 ? 2 : 0;
     o.first_layer = id % 3;
     o.interval = 1 + id % 2;
     o.threshold = o.criterion == EEVP_CRITERION_SATURATION ? 0.97f

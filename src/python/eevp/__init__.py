@@ -35,7 +35,7 @@ from ctypes import (CFUNCTYPE, POINTER, Structure, byref, c_char_p, c_double,
                     c_uint32, c_void_p)
 from typing import Any, List, NamedTuple, Optional, Sequence, Tuple
 
-__version__ = "1.0.0"
+__version__ = "1.1.0"
 
 #: The library major version this binding mirrors (soname libeevp.so.1).
 ABI_MAJOR = 1
@@ -74,6 +74,7 @@ MAX_BATCH = 4096
 MAX_LAYERS = 4096
 
 MAX_LIST = 65536
+MAX_THREADS = 64
 
 HEAD_COPY = 1
 HEAD_NO_SIMD = 2
@@ -193,6 +194,8 @@ class eevp_ctx_options(Structure):
         ("reprune_every", c_int32),
         ("adaptive_mass", c_float),
         ("k_min", c_int32),
+        ("reserved_1_0", c_uint32),
+        ("n_threads", c_int32),
     ]
 
 
@@ -1394,7 +1397,7 @@ class _Registration:
 _CTX_FIELDS = ("max_batch", "k", "first_layer", "interval", "prune_layer", "final_policy",
                "criterion", "threshold", "schedule", "schedule_tau", "max_length", "patience",
                "flags", "static_mode", "reprune_layer", "reprune_every", "adaptive_mass",
-               "k_min")
+               "k_min", "n_threads")
 _CTX_EXTRA = ("batch_invariant", "exact_exit", "always_ids", "static_ids")
 
 
@@ -1459,7 +1462,7 @@ class Context:
                  threshold=None, schedule=None, schedule_tau=None, max_length=None,
                  patience=None, flags=None, batch_invariant=None, exact_exit=None,
                  always_ids=None, static_mode=None, static_ids=None, reprune_layer=None,
-                 reprune_every=None, adaptive_mass=None, k_min=None):
+                 reprune_every=None, adaptive_mass=None, k_min=None, n_threads=None):
         self._handle = None
         self._lock = threading.Lock()
         self._head = None
@@ -1475,7 +1478,8 @@ class Context:
             max_length=max_length, patience=patience, flags=flags,
             batch_invariant=batch_invariant, exact_exit=exact_exit, always_ids=always_ids,
             static_mode=static_mode, static_ids=static_ids, reprune_layer=reprune_layer,
-            reprune_every=reprune_every, adaptive_mass=adaptive_mass, k_min=k_min))
+            reprune_every=reprune_every, adaptive_mass=adaptive_mass, k_min=k_min,
+            n_threads=n_threads))
         hh = head._acquire()  # held for the context's whole life
         try:
             handle = c_void_p()
