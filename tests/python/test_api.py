@@ -170,6 +170,22 @@ class Basics(unittest.TestCase):
             with eevp.Context(head, 3, k=4, max_batch=2) as ctx:
                 self.assertEqual(ctx.memory, est)
 
+    def test_worker_threads(self):
+        with hello_head() as head:
+            one = eevp.Context.memory_estimate(head, 3, k=4)
+            est = eevp.Context.memory_estimate(head, 3, k=4, n_threads=3)
+            self.assertGreater(est, one)  # the pool's bookkeeping
+            with eevp.Context(head, 3, k=4, n_threads=3) as ctx:
+                self.assertEqual(ctx.memory, est)
+                self.assertEqual(ctx.options["n_threads"], 3)
+                with ctx.step(1) as step:
+                    step.layer(0, HELLO_H[0])
+                    step.layer(1, HELLO_H[1])
+                self.assertEqual(step.result(0).token, 1)
+            for bad in (-1, eevp.MAX_THREADS + 1):
+                with self.assertRaises(eevp.OutOfRange):
+                    eevp.Context(head, 3, n_threads=bad)
+
 
 class StepFlow(unittest.TestCase):
     def setUp(self):
