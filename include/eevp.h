@@ -377,6 +377,15 @@ typedef struct eevp_ctx_options {
  * exit layer and emit its argmax (the exit decision stays the pruned one;
  * eevp_result.pruned_token keeps the pruned argmax). */
 #define EEVP_CTX_EXACT_EXIT 2u
+/** Screened pruning (since 1.1), an approximation the caller opts into: at
+ * the pruning layer each set is chosen by the head's int8 copy (the head
+ * needs screen_mult = m): all V rows ranked in int8, the best m*K given
+ * their exact logits, the best K of those kept; no full projection there.
+ * It equals the exact top-K whenever that lies inside the m*K screened
+ * (docs/BENCHMARKS.md measures how often).  A checked pruning layer is then
+ * decided on the set, like the later layers.  Needs a plain top-K set: no
+ * always-included or static ids, no adaptive K (EEVP_EINVAL otherwise). */
+#define EEVP_CTX_SCREEN 4u
 /** @} */
 
 /** Largest always-included or static list. */

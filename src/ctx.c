@@ -101,8 +101,14 @@ static int read_options(eevp_ctx_options *o, const eevp_head *head,
           "max_length %d must be >= 1 for the CALM schedule", (int)o->max_length);
     RANGE(o->patience >= 1 || o->criterion != EEVP_CRITERION_STABILITY,
           "patience %d must be >= 1", (int)o->patience);
-    ENUM(!(o->flags & ~(EEVP_CTX_BATCH_INVARIANT | EEVP_CTX_EXACT_EXIT)),
+    ENUM(!(o->flags & ~(EEVP_CTX_BATCH_INVARIANT | EEVP_CTX_EXACT_EXIT | EEVP_CTX_SCREEN)),
          "unknown flags 0x%x", (unsigned)o->flags);
+    ENUM(!(o->flags & EEVP_CTX_SCREEN) || head->screen_mult > 0,
+         "EEVP_CTX_SCREEN needs a head created with screen_mult (its int8 copy)");
+    ENUM(!(o->flags & EEVP_CTX_SCREEN) ||
+             (o->n_always == 0 && o->static_mode == EEVP_STATIC_NONE && o->adaptive_mass == 0.0f),
+         "EEVP_CTX_SCREEN works on a plain top-K set: no always-included or static ids, "
+         "no adaptive K");
     RANGE(o->n_always >= 0 && o->n_always <= EEVP_MAX_LIST, "n_always %d outside 0..%d",
           (int)o->n_always, EEVP_MAX_LIST);
     ENUM(o->n_always == 0 || o->always_ids, "always_ids is NULL with n_always %d",
@@ -179,6 +185,10 @@ static void plan(eevp_ctx *c, eevpi_arena *a)
         c->uni_work = (float *)eevpi_arena_take(a, 2 * B * U, sizeof(float));
     }
     c->prev_hidden = (float *)eevpi_arena_take(a, B * d, sizeof(float));
+    /* Screened pruning: one work area, used by one sequence at a time. */
+    c->screen_work = eevpi_arena_take(
+        a, (c->o.flags & EEVP_CTX_SCREEN) && c->k > 0 ? eevpi_screen_work_size(c->head, c->k) : 0,
+        1);
     c->dist_len = c->o.criterion == EEVP_CRITERION_JS ? (c->kmax ? c->kmax : V) : 0;
     c->prev_dist = (float *)eevpi_arena_take(a, B * c->dist_len, sizeof(float));
     c->xn = (float *)eevpi_arena_take(a, B * d, sizeof(float));

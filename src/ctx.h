@@ -83,6 +83,7 @@ struct eevp_ctx {
     float *rows;          /* max_batch x kmax x d gathered rows */
     float *set_bias;      /* max_batch x kmax, NULL without a logit bias */
     float *prev_hidden;   /* max_batch x d */
+    void *screen_work;    /* EEVP_CTX_SCREEN: eevpi_screen_work_size(head, k) */
     float *prev_dist;     /* max_batch x dist_len, JS only */
     int64_t dist_len;
     float *xn;            /* max_batch x d normalised rows */

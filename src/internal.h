@@ -277,9 +277,10 @@ int64_t eevpi_screen_work_size(const eevp_head *h, int32_t k);
  * the best k of those (in the order) are written to ids (global) and, when
  * not NULL, their exact transformed logits to z.  An approximation the
  * caller opts into: the exact top-k is only recovered when it lies inside
- * the screened set.  EEVP_ENONFINITE for NaN logits. */
-int eevpi_head_screen(const eevp_head *h, const float *xn, int32_t k, int32_t *ids,
-                      float *z, void *work);
+ * the screened set.  EEVP_ENONFINITE for NaN logits.  pool (may be NULL):
+ * the int8 pass is shared out between a context's threads. */
+int eevpi_head_screen(const eevp_head *h, eevpi_pool *pool, const float *xn, int32_t k,
+                      int32_t *ids, float *z, void *work);
 
 /* Batched pruned checks (batch.c).  n sequences, sequence i with k_of[i]
  * candidates whose global ids are ids[i] and whose gathered rows are

@@ -31,8 +31,25 @@ int64_t eevpi_screen_work_size(const eevp_head *h, int32_t k)
            (eevpi_topk_pairs(h->V, (int32_t)m) + 2) * (int64_t)sizeof(eevpi_pair);
 }
 
-int eevpi_head_screen(const eevp_head *h, const float *xn, int32_t k, int32_t *ids, float *z,
-                      void *work)
+/* The int8 pass over all V rows, shared out by rows. */
+typedef struct q8_job {
+    const eevp_head *h;
+    const int8_t *xq;
+    float xs, *za;
+} q8_job;
+
+static void q8_part(void *arg, int part, int parts)
+{
+    const q8_job *j = (const q8_job *)arg;
+    int64_t r0, r1;
+    eevpi_split(j->h->V, part, parts, 64, &r0, &r1);
+    if (r0 < r1)
+        j->h->dk->dot_q8(j->h->Wq + r0 * j->h->d, r1 - r0, j->h->d, j->xq, j->h->qscale + r0,
+                         j->xs, j->za + r0);
+}
+
+int eevpi_head_screen(const eevp_head *h, eevpi_pool *pool, const float *xn, int32_t k,
+                      int32_t *ids, float *z, void *work)
 {
     const int64_t d = h->d, V = h->V;
     const int32_t m = (int32_t)((int64_t)h->screen_mult * k < V ? (int64_t)h->screen_mult * k : V);
@@ -62,8 +79,16 @@ int eevpi_head_screen(const eevp_head *h, const float *xn, int32_t k, int32_t *i
         xq[c] = (int8_t)lrintf(xn[c] * inv);
     memset(xq + d, 0, (size_t)(pad32(d) - d));
 
-    /* Rank by scale * dot + bias; the soft-cap is monotone. */
-    h->dk->dot_q8(h->Wq, V, d, xq, h->qscale, xs * h->scale, za);
+    /* Rank by scale * dot + bias; the soft-cap is monotone.  Integer sums:
+     * the same values however the rows are shared out. */
+    {
+        q8_job job;
+        job.h = h;
+        job.xq = xq;
+        job.xs = xs * h->scale;
+        job.za = za;
+        eevpi_pool_run(eevpi_pool_for(pool, V * d), q8_part, &job);
+    }
     if (h->bias)
         for (c = 0; c < V; c++)
             za[c] += h->bias[c];
@@ -126,6 +151,6 @@ EEVP_API int eevp_head_screen(const eevp_head *h, const float *hidden, int32_t k
     xn = (float *)work;
     if (eevpi_head_norm(h, hidden, xn) != EEVP_OK)
         return EEVP_ENONFINITE;
-    return eevpi_head_screen(h, xn, k, ids, logits,
+    return eevpi_head_screen(h, NULL, xn, k, ids, logits,
                              (unsigned char *)work + ((h->d * 4 + 63) & ~(int64_t)63));
 }

@@ -743,6 +743,54 @@ static void layer_pruned(eevp_ctx *ctx, int32_t layer, int32_t m, int32_t *list,
     }
 }
 
+/* Screened pruning layer (EEVP_CTX_SCREEN): each running sequence's set
+ * comes from the head's int8 copy (eevpi_head_screen: the int8 pass over V
+ * rows, exact logits for m*K rows, the best K kept), then the rows are
+ * gathered as for any set; a checked layer is then decided on the set. */
+static void layer_screened(eevp_ctx *ctx, int32_t layer, int32_t m, int32_t *list, int *first)
+{
+    const eevp_head *h = ctx->head;
+    const int64_t d = h->d;
+    const int64_t sm = (int64_t)h->screen_mult * ctx->k < h->V ? (int64_t)h->screen_mult * ctx->k
+                                                                : h->V;
+    int32_t *built = ctx->row_of_seq; /* scratch until gather_sets returns */
+    int32_t i, nb = 0;
+    for (i = 0; i < m; i++) {
+        const int32_t s = list[i];
+        eevpi_seq *q = &ctx->seq[s];
+        int32_t *ids = ctx->set + (int64_t)s * ctx->kmax;
+        int rc = eevpi_head_screen(h, ctx->pool, ctx->xn + (int64_t)i * d, ctx->k, ids, NULL,
+                                   ctx->screen_work);
+        if (rc != EEVP_OK) {
+            fail_seq(ctx, s, layer, rc, first);
+            continue;
+        }
+        q->set_ids = ids;
+        q->set_n = ctx->k;
+        q->has_set = 1;
+        /* The int8 pass reads one byte a weight; then m*K exact rows, and
+         * the K rows gathered. */
+        ctx->pending.flops += (2 * d - 1) * (h->V + sm);
+        ctx->pending.bytes += h->V * d + 4 * (sm + ctx->k) * d;
+        ctx->pending.pruned_sets++;
+        ctx->pending.set_size_sum += ctx->k;
+        ctx->size_hist_pending[ctx->k]++;
+        /* Keep the survivors' rows, hidden rows and list entries together. */
+        if (nb != i) {
+            memmove(ctx->xn + (int64_t)nb * d, ctx->xn + (int64_t)i * d,
+                    (size_t)d * sizeof(float));
+            ctx->hrow[nb] = ctx->hrow[i];
+        }
+        list[nb] = s;
+        built[nb++] = s;
+    }
+    if (nb == 0)
+        return;
+    gather_sets(ctx, built, nb);
+    if (eevpi_ctx_is_checked(ctx, layer))
+        layer_pruned(ctx, layer, nb, list, ctx->hrow, first);
+}
+
 /* Checks on logits: every running sequence is on the same footing at a
  * given layer (all full-vocabulary, or all pruned). */
 static void layer_logits(eevp_ctx *ctx, int32_t layer, int32_t m, int32_t *list,
@@ -753,6 +801,11 @@ static void layer_logits(eevp_ctx *ctx, int32_t layer, int32_t m, int32_t *list,
     int32_t i;
     for (i = 0; i < m; i++)
         any_set |= ctx->seq[list[i]].has_set;
+    if (layer == ctx->p && !last && (ctx->o.flags & EEVP_CTX_SCREEN) && ctx->k > 0 &&
+        eevpi_ctx_pruning(ctx)) {
+        layer_screened(ctx, layer, m, list, first);
+        return;
+    }
     full = !any_set || layer == ctx->p || eevpi_ctx_reprunes(ctx, layer) ||
            (last && ctx->o.final_policy == EEVP_FINAL_FULL);
     if (full)

@@ -468,6 +468,171 @@ START_TEST(test_threads_same_bits)
 }
 END_TEST
 
+/* Screened pruning (EEVP_CTX_SCREEN) on a head with an int8 copy.  With
+ * m*K >= V every row is screened, so the sets are the exact top-K: the
+ * results must be those of the plain flow computed with the same kernels
+ * (batch invariance and worker threads: the library's fixed-order kernel
+ * for the full projection, as the screen's exact rows).  With m = 2 the
+ * set is an approximation: on these structured states the exact top-1 must
+ * still be inside it and the decisions mostly agree.  The int8 pass shared
+ * out between threads gives the same sets.  A checked pruning layer is
+ * decided on the set. */
+static eevp_head *screen_head(const fixture *fx, int32_t mult)
+{
+    eevp_head_options o = EEVP_HEAD_OPTIONS_INIT;
+    eevp_head *h = NULL;
+    o.n_vocab = fx->c->V;
+    o.dim = fx->c->d;
+    o.weights = fx->W;
+    o.norm = fx->c->norm;
+    o.vocab_offset = 10;
+    o.screen_mult = mult;
+    ck_assert_int_eq(eevp_head_create(&h, &o, NULL, 0), EEVP_OK);
+    return h;
+}
+
+static eevp_ctx *screen_ctx(const fixture *fx, const eevp_head *h, uint32_t flags,
+                            int32_t n_threads, int32_t prune_layer)
+{
+    const bcfg *c = fx->c;
+    eevp_ctx_options o = EEVP_CTX_OPTIONS_INIT;
+    eevp_ctx *ctx = NULL;
+    char msg[200];
+    o.n_layers = c->L;
+    o.max_batch = POOL;
+    o.k = c->k;
+    o.first_layer = c->f;
+    o.prune_layer = prune_layer;
+    o.criterion = c->crit;
+    o.final_policy = c->final_;
+    o.threshold = c->threshold;
+    o.flags = flags;
+    o.n_threads = n_threads;
+    ck_assert_msg(eevp_ctx_create(&ctx, h, &o, msg, sizeof msg) == EEVP_OK, "%s", msg);
+    return ctx;
+}
+
+START_TEST(test_screened_flow)
+{
+    static const bcfg c = { "screened", 4096, 128, 6, 2, 64, EEVP_CRITERION_TOP2_GAP,
+                            EEVP_FINAL_PRUNED, EEVP_NORM_RMS, 0, 0.8f, 0 };
+    const uint32_t BI = EEVP_CTX_BATCH_INVARIANT, SC = EEVP_CTX_SCREEN;
+    fixture fx;
+    eevp_head *all, *two;
+    eevp_ctx *exact, *scr, *scr_t, *approx, *approx_t, *checked;
+    outcome a[POOL], b[POOL], e[POOL];
+    uint32_t seed = 77;
+    int32_t p, n, i, members[POOL], agree = 0, total = 0;
+
+    fixture_make(&fx, &c, 2024u);
+    /* The int8 copy (one byte a weight) is large enough to be shared out. */
+    ck_assert((int64_t)c.V * c.d >= 2 * EEVPI_POOL_GRAIN);
+    all = screen_head(&fx, 64); /* 64 * 64 >= 4096: every row screened */
+    two = screen_head(&fx, 2);
+    exact = screen_ctx(&fx, fx.h, BI, 2, 0);
+    scr = screen_ctx(&fx, all, BI | SC, 0, 0);
+    scr_t = screen_ctx(&fx, all, BI | SC, 2, 0);
+    approx = screen_ctx(&fx, two, SC, 0, 0);
+    approx_t = screen_ctx(&fx, two, SC, 3, 0);
+    checked = screen_ctx(&fx, two, SC, 0, 2); /* p = f = 2: decided on the set */
+
+    for (p = 0; p < POOL; p++) {
+        run_batch(&fx, exact, &p, 1, 0, &seed, &e[p]);
+        run_batch(&fx, scr, &p, 1, 0, &seed, &a[p]);
+        ck_assert_msg(bitwise_same(&a[p], &e[p]), "sequence %d: all screened != exact", p);
+        outcome_free(&a[p], 1);
+    }
+    for (n = 2; n <= POOL; n += 7) {
+        for (i = 0; i < n; i++)
+            members[i] = (i * 5 + n) % POOL;
+        run_batch(&fx, scr_t, members, n, n % 3, &seed, a);
+        for (i = 0; i < n; i++)
+            ck_assert_msg(bitwise_same(&a[i], &e[members[i]]),
+                          "batch %d, threads: sequence %d: all screened != exact", n, members[i]);
+        outcome_free(a, n);
+        run_batch(&fx, approx, members, n, 0, &seed, a);
+        run_batch(&fx, approx_t, members, n, 1, &seed, b);
+        for (i = 0; i < n; i++) {
+            static double z[4096], as[4096];
+            int32_t v, best = 0, j, found = 0;
+            ck_assert_msg(bitwise_same(&a[i], &b[i]), "batch %d: threads changed sequence %d",
+                          n, members[i]);
+            agree += a[i].r.token == e[members[i]].r.token;
+            total++;
+            /* The exact top-1 of the pruning layer (0) is in the set. */
+            ref_logits(&fx.rh, fx.hid + (size_t)members[i] * c.d, z, as);
+            for (v = 1; v < c.V; v++)
+                if (z[v] > z[best])
+                    best = v;
+            for (j = 0; j < a[i].n; j++)
+                found += a[i].ids[j] == best + 10;
+            ck_assert_msg(!a[i].r.pruned || found == 1, "batch %d: sequence %d: exact top-1 %d "
+                          "not screened", n, members[i], best + 10);
+        }
+        outcome_free(a, n);
+        outcome_free(b, n);
+    }
+    ck_assert_msg(agree * 10 >= total * 9, "m = 2: %d of %d tokens agree", agree, total);
+    for (p = 0; p < POOL; p++) {
+        run_batch(&fx, checked, &p, 1, 0, &seed, &a[p]);
+        ck_assert(a[p].r.reason == EEVP_REASON_CONFIDENT ||
+                  a[p].r.reason == EEVP_REASON_LAST_LAYER);
+        ck_assert(a[p].r.pruned == 1 && a[p].n == c.k);
+        outcome_free(&a[p], 1);
+    }
+    outcome_free(e, POOL);
+    eevp_ctx_free(exact);
+    eevp_ctx_free(scr);
+    eevp_ctx_free(scr_t);
+    eevp_ctx_free(approx);
+    eevp_ctx_free(approx_t);
+    eevp_ctx_free(checked);
+    eevp_head_free(all);
+    eevp_head_free(two);
+    fixture_free(&fx);
+}
+END_TEST
+
+/* The combinations EEVP_CTX_SCREEN refuses, each with a message. */
+START_TEST(test_screened_options)
+{
+    static const bcfg c = { "screened options", 300, 16, 4, 1, 8, EEVP_CRITERION_TOP2_GAP,
+                            EEVP_FINAL_FULL, EEVP_NORM_RMS, 0, 0.8f, 0 };
+    static const int32_t ids[2] = { 11, 12 };
+    fixture fx;
+    eevp_head *sh;
+    int i;
+    fixture_make(&fx, &c, 5u);
+    sh = screen_head(&fx, 4);
+    for (i = 0; i < 5; i++) {
+        eevp_ctx_options o = EEVP_CTX_OPTIONS_INIT;
+        const eevp_head *h = sh;
+        eevp_ctx *ctx = (eevp_ctx *)&fx;
+        char msg[200] = "";
+        o.n_layers = 4;
+        o.k = 8;
+        o.flags = EEVP_CTX_SCREEN;
+        switch (i) {
+        case 0: h = fx.h; break; /* no int8 copy */
+        case 1: o.always_ids = ids; o.n_always = 2; break;
+        case 2: o.static_mode = EEVP_STATIC_UNION; o.static_ids = ids; o.n_static = 2; break;
+        case 3: o.adaptive_mass = 0.5f; o.k_min = 2; break;
+        default: break; /* valid */
+        }
+        if (i < 4) {
+            ck_assert_int_eq(eevp_ctx_create(&ctx, h, &o, msg, sizeof msg), EEVP_EINVAL);
+            ck_assert_ptr_null(ctx);
+            ck_assert(strstr(msg, "EEVP_CTX_SCREEN") != NULL);
+        } else {
+            ck_assert_int_eq(eevp_ctx_create(&ctx, h, &o, msg, sizeof msg), EEVP_OK);
+            eevp_ctx_free(ctx);
+        }
+    }
+    eevp_head_free(sh);
+    fixture_free(&fx);
+}
+END_TEST
+
 Suite *make_batch_suite(void)
 {
     Suite *s = suite_create("batch");
@@ -477,6 +642,8 @@ Suite *make_batch_suite(void)
     tcase_add_loop_test(tc, test_flag_same_decisions_alone, 0, N_BCFG);
     tcase_add_loop_test(tc, test_threads_same_bits, 0,
                         (int)(sizeof tcfgs / sizeof tcfgs[0]));
+    tcase_add_test(tc, test_screened_flow);
+    tcase_add_test(tc, test_screened_options);
     suite_add_tcase(s, tc);
     return s;
 }

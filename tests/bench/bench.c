@@ -273,7 +273,7 @@ static void run_prune_kernels(void *p)
 static void run_screen(void *p)
 {
     proj_arg *a = (proj_arg *)p;
-    eevpi_head_screen(a->h, a->xn, a->k, a->ids, a->z, a->work);
+    eevpi_head_screen(a->h, NULL, a->xn, a->k, a->ids, a->z, a->work);
     eevpi_head_gather(a->h, a->ids, a->k, a->rows, a->h->d, a->bias);
 }
 
@@ -718,7 +718,7 @@ static void bench_screen(world *w)
             eevpi_head_norm(w->head, x, a.xn);
             eevpi_head_project(w->head, 1, a.xn, zf, s->V);
             eevpi_topk(w->head->kern, zf, s->V, K, 0, exact, NULL, (eevpi_pair *)tw);
-            eevpi_head_screen(w->head_q8, a.xn, K, a.ids, a.z, a.work);
+            eevpi_head_screen(w->head_q8, NULL, a.xn, K, a.ids, a.z, a.work);
             for (j = 0; j < K; j++) {
                 top1_hits += a.ids[j] == exact[0];
                 for (q = 0; q < K; q++)
@@ -800,7 +800,7 @@ static void bench_real(const char *path)
                 eevpi_head_norm(h, H + ((int64_t)l * N + t) * d, xn);
                 eevpi_head_project(h, 1, xn, z, V);
                 eevpi_topk(h->kern, z, V, K, 0, exact, NULL, (eevpi_pair *)tw);
-                eevpi_head_screen(hq, xn, K, ids, NULL, sw);
+                eevpi_head_screen(hq, NULL, xn, K, ids, NULL, sw);
                 for (j = 0; j < K; j++) {
                     hit += ids[j] == exact[0];
                     for (q = 0; q < K; q++)

@@ -80,6 +80,7 @@ HEAD_COPY = 1
 HEAD_NO_SIMD = 2
 CTX_BATCH_INVARIANT = 1
 CTX_EXACT_EXIT = 2
+CTX_SCREEN = 4
 NEEDS_LOGITS = 1
 NEEDS_PREV_HIDDEN = 2
 
@@ -1398,7 +1399,7 @@ _CTX_FIELDS = ("max_batch", "k", "first_layer", "interval", "prune_layer", "fina
                "criterion", "threshold", "schedule", "schedule_tau", "max_length", "patience",
                "flags", "static_mode", "reprune_layer", "reprune_every", "adaptive_mass",
                "k_min", "n_threads")
-_CTX_EXTRA = ("batch_invariant", "exact_exit", "always_ids", "static_ids")
+_CTX_EXTRA = ("batch_invariant", "exact_exit", "screen", "always_ids", "static_ids")
 
 
 def _ctx_options(n_layers, kw):
@@ -1428,7 +1429,8 @@ def _ctx_options(n_layers, kw):
         else:
             value = _i32(value, name)
         setattr(o, name, value)
-    for name, bit in (("batch_invariant", CTX_BATCH_INVARIANT), ("exact_exit", CTX_EXACT_EXIT)):
+    for name, bit in (("batch_invariant", CTX_BATCH_INVARIANT), ("exact_exit", CTX_EXACT_EXIT),
+                      ("screen", CTX_SCREEN)):
         if kw.get(name) is not None:
             o.flags = (o.flags | bit) if kw[name] else (o.flags & ~bit)
     for name, count in (("always_ids", "n_always"), ("static_ids", "n_static")):
@@ -1460,7 +1462,7 @@ class Context:
     def __init__(self, head: Head, n_layers: int, *, max_batch=None, k=None, first_layer=None,
                  interval=None, prune_layer=None, final_policy=None, criterion=None,
                  threshold=None, schedule=None, schedule_tau=None, max_length=None,
-                 patience=None, flags=None, batch_invariant=None, exact_exit=None,
+                 patience=None, flags=None, batch_invariant=None, exact_exit=None, screen=None,
                  always_ids=None, static_mode=None, static_ids=None, reprune_layer=None,
                  reprune_every=None, adaptive_mass=None, k_min=None, n_threads=None):
         self._handle = None
@@ -1476,7 +1478,8 @@ class Context:
             prune_layer=prune_layer, final_policy=final_policy, criterion=criterion,
             threshold=threshold, schedule=schedule, schedule_tau=schedule_tau,
             max_length=max_length, patience=patience, flags=flags,
-            batch_invariant=batch_invariant, exact_exit=exact_exit, always_ids=always_ids,
+            batch_invariant=batch_invariant, exact_exit=exact_exit, screen=screen,
+            always_ids=always_ids,
             static_mode=static_mode, static_ids=static_ids, reprune_layer=reprune_layer,
             reprune_every=reprune_every, adaptive_mass=adaptive_mass, k_min=k_min,
             n_threads=n_threads))
