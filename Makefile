@@ -264,7 +264,7 @@ BENCH_PACKAGES := python3-numpy python3-torch gnuplot-nox
 BENCH_PY := /usr/bin/python3
 
 tests/bench/bench: tests/bench/bench.c include/eevp.h $(wildcard src/*.h) $(STATIC)
-	$(CC) $(ALL_CFLAGS) -o $@ $< $(STATIC) $(BLAS_LIBS) -lm
+	$(CC) $(ALL_CFLAGS) -o $@ $< $(STATIC) $(BLAS_LIBS) -lm -pthread
 
 bench-deps:
 	$(MAKE) deps DEB_PACKAGES="$(DEB_PACKAGES) $(BENCH_PACKAGES)"

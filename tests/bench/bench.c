@@ -287,7 +287,8 @@ typedef struct step_arg {
     double layer_ms[64];
 } step_arg;
 
-static eevp_ctx *make_ctx(const eevp_head *h, int32_t B, int32_t k, int32_t layers)
+static eevp_ctx *make_ctx_f(const eevp_head *h, int32_t B, int32_t k, int32_t layers,
+                            uint32_t flags)
 {
     eevp_ctx_options o = EEVP_CTX_OPTIONS_INIT;
     eevp_ctx *c = NULL;
@@ -306,11 +307,17 @@ static eevp_ctx *make_ctx(const eevp_head *h, int32_t B, int32_t k, int32_t laye
     /* The context's own threads follow the configuration's thread count,
      * as OpenBLAS's do. */
     o.n_threads = cur_threads;
+    o.flags = flags;
     if (eevp_ctx_create(&c, h, &o, msg, sizeof msg) != EEVP_OK) {
         fprintf(stderr, "bench: ctx: %s\n", msg);
         exit(1);
     }
     return c;
+}
+
+static eevp_ctx *make_ctx(const eevp_head *h, int32_t B, int32_t k, int32_t layers)
+{
+    return make_ctx_f(h, B, k, layers, 0);
 }
 
 /* One token for B sequences over `layers` layers; per-layer times into
@@ -732,6 +739,22 @@ static void bench_screen(world *w)
     report("screen_topk_overlap", (double)overlap / ((double)n_states * K));
     t_screen = measure(run_screen, &a, 1);
     report("screen_prune_b1", t_screen);
+    {
+        /* The same through the step API (EEVP_CTX_SCREEN), cold, with the
+         * context's threads: the pruning step a host gets. */
+        step_arg sa;
+        double tok, first, later;
+        memset(&sa, 0, sizeof sa);
+        sa.w = w;
+        sa.B = 1;
+        sa.layers = 3;
+        sa.ctx_layers = 3;
+        sa.cold = 1;
+        sa.ctx = make_ctx_f(w->head_q8, 1, K, 3, EEVP_CTX_SCREEN);
+        measure_token(&sa, &tok, &first, &later);
+        report("screen_step_b1", first);
+        eevp_ctx_free(sa.ctx);
+    }
     report("head_q8_extra_bytes", (double)(eevp_head_memory(w->head_q8) -
                                            eevp_head_memory(w->head)));
     free(exact);
@@ -944,7 +967,7 @@ int main(int argc, char **argv)
             if (!strcmp(s->name, "llama2")) {
                 if (strchr(parts, 'b'))
                     bench_batch(&w);
-                if (cur_threads == 1 && strchr(parts, 'q'))
+                if (strchr(parts, 'q'))
                     bench_screen(&w);
             }
         }
