@@ -26,9 +26,11 @@
  *
  * Threads: an eevp_head is immutable after creation; any number of threads
  * may use one head at once (kernels and contexts only read it).  An eevp_ctx
- * is single-threaded: use one context per thread, never one context from two
- * threads at once.  The library keeps no process-global mutable state and
- * never changes OpenBLAS's (process-global) thread count.
+ * is used from one thread at a time: one context per thread, never one
+ * context from two threads at once.  The library keeps no process-global
+ * mutable state, never changes OpenBLAS's (process-global) thread count and
+ * starts no threads, except the worker threads a context asks for with
+ * eevp_ctx_options.n_threads (docs/THREADS.md).
  *
  * Errors: every fallible function returns int, EEVP_OK (0) or a negative
  * EEVP_E* code.  Output pointers come first; on failure *out is set to NULL
@@ -293,10 +295,11 @@ EEVP_API int64_t eevp_head_vocab_offset(const eevp_head *head);/**< or EEVP_EINV
 EEVP_API int64_t eevp_head_memory(const eevp_head *head);
 
 /* ------------------------------------------------------------------------ */
-/* Context: up to max_batch sequences decoded together, single-threaded      */
+/* Context: up to max_batch sequences decoded together, one thread at a time */
 /* ------------------------------------------------------------------------ */
 
-/** Up to max_batch sequences decoded together, single-threaded (opaque). */
+/** Up to max_batch sequences decoded together; used from one thread at a
+ * time, it may own worker threads (n_threads) (opaque). */
 typedef struct eevp_ctx eevp_ctx;
 
 /** @brief Options of eevp_ctx_create; the rules of eevp_head_options apply. */
@@ -360,6 +363,9 @@ typedef struct eevp_ctx_options {
      * at a time; criteria and the allocator are only called on that thread.
      * Not for a context used in a child after fork() (docs/THREADS.md). */
     int32_t n_threads;
+    /** Ignored: named so that the 1.1 layout has no tail padding for a
+     * later member to land in (docs/ABI.md). */
+    uint32_t reserved_1_1;
 } eevp_ctx_options;
 
 /** Largest eevp_ctx_options.n_threads. */
@@ -403,7 +409,7 @@ typedef enum eevp_static {
 #define EEVP_CTX_OPTIONS_INIT \
     { (uint32_t)sizeof(eevp_ctx_options), 0, 1, 256, 0, 1, -1, EEVP_FINAL_FULL, \
       EEVP_CRITERION_TOP2_GAP, 0.9f, EEVP_SCHEDULE_CONSTANT, 4.0f, 1024, 2, NULL, \
-      0u, NULL, 0, EEVP_STATIC_NONE, NULL, 0, -1, 0, 0.0f, 1, 0u, 0 }
+      0u, NULL, 0, EEVP_STATIC_NONE, NULL, 0, -1, 0, 0.0f, 1, 0u, 0, 0u }
 
 /** Initialise *opts to the defaults (same as EEVP_CTX_OPTIONS_INIT): batch 1,
  * K = 256, f = 0, i = 1, p = f, full final layer, top-2 gap with lambda 0.9,

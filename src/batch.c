@@ -267,9 +267,9 @@ void eevpi_pruned_union(const eevp_head *h, const eevpi_union *u, eevpi_pool *po
     for (i = 0; i < n_act; i++)
         j.total += k_of[act[i]];
     if (j.nd > 0)
-        eevpi_pool_run(eevpi_pool_for(pool, 4 * (int64_t)j.nd * h->d), union_dense_part, &j);
-    eevpi_pool_run(eevpi_pool_for(pool, 4 * (j.total - (int64_t)n_act * j.nd / 2) * h->d),
-                   union_cand_part, &j);
+        eevpi_pool_run(pool, 4 * (int64_t)j.nd * h->d, union_dense_part, &j);
+    eevpi_pool_run(pool, 4 * (j.total - (int64_t)n_act * j.nd / 2) * h->d, union_cand_part,
+                   &j);
 }
 
 void eevpi_pruned_each(const eevp_head *h, int32_t n, const int32_t *k_of,

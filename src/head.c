@@ -371,12 +371,20 @@ static void proj_part(void *arg, int part, int parts)
 }
 
 void eevpi_head_project_pool(const eevp_head *h, eevpi_pool *pool, int32_t n, const float *xn,
-                             float *z, int64_t ldz)
+                             float *z, int64_t ldz, int fixed)
 {
+    const int64_t bytes = h->V * h->d * (h->wtype == EEVP_WEIGHT_F32 ? 4 : 2);
     proj_job j;
-    pool = eevpi_pool_for(pool, h->V * h->d * (h->wtype == EEVP_WEIGHT_F32 ? 4 : 2));
-    if (!pool || (h->wtype == EEVP_WEIGHT_F32 && n > EEVPI_MULTI_MAX)) {
-        eevpi_head_project(h, n, xn, z, ldz);
+    if (eevpi_pool_parts(pool, bytes) < 2 ||
+        (!fixed && h->wtype == EEVP_WEIGHT_F32 && n > EEVPI_MULTI_MAX)) {
+        if (!fixed || h->wtype != EEVP_WEIGHT_F32) {
+            eevpi_head_project(h, n, xn, z, ldz);
+        } else {
+            /* Batch invariance without threads: one SGEMV per row. */
+            int32_t r;
+            for (r = 0; r < n; r++)
+                eevpi_head_project(h, 1, xn + r * h->d, z + r * ldz, ldz);
+        }
         return;
     }
     j.h = h;
@@ -384,7 +392,7 @@ void eevpi_head_project_pool(const eevp_head *h, eevpi_pool *pool, int32_t n, co
     j.xn = xn;
     j.z = z;
     j.ldz = ldz;
-    eevpi_pool_run(pool, proj_part, &j);
+    eevpi_pool_run(pool, bytes, proj_part, &j);
 }
 
 /* The library's own single-threaded kernel rather than SGEMV: a K x d block

@@ -41,14 +41,16 @@ int eevpi_pool_create(eevpi_pool **out, int n_threads, const eevpi_mem *mem, cha
 void eevpi_pool_free(eevpi_pool *pool);
 /* Bytes eevpi_pool_create asks the allocator for (0 below 2 threads). */
 int64_t eevpi_pool_size(int n_threads);
-/* fn(arg, part, n) for every part, part 0 on the calling thread; returns
- * when all are done.  pool NULL: fn(arg, 0, 1). */
-void eevpi_pool_run(eevpi_pool *pool, eevpi_pool_fn fn, void *arg);
-/* Work worth splitting: at least EEVPI_POOL_GRAIN bytes of rows per part
- * for two parts (a wake-up costs some microseconds; 256 KB take about ten
- * to read).  Returns pool, or NULL to run inline. */
+/* Shares of a job of `bytes` bytes of rows: one per EEVPI_POOL_GRAIN bytes,
+ * at most the pool's parts; 1 (run inline) for less than two grains or
+ * without a pool.  A wake-up costs some microseconds; 256 KB take about ten
+ * to read. */
 #define EEVPI_POOL_GRAIN ((int64_t)256 << 10)
-eevpi_pool *eevpi_pool_for(eevpi_pool *pool, int64_t bytes);
+int eevpi_pool_parts(const eevpi_pool *pool, int64_t bytes);
+/* fn(arg, part, parts) for part = 0 .. parts-1 (eevpi_pool_parts), part 0
+ * on the calling thread; returns when all are done.  Inline (fn(arg, 0, 1))
+ * for a small job or a NULL pool. */
+void eevpi_pool_run(eevpi_pool *pool, int64_t bytes, eevpi_pool_fn fn, void *arg);
 /* Part `part` of `parts` of [0, n) in whole units of `align`: [*lo, *hi). */
 static inline void eevpi_split(int64_t n, int part, int parts, int64_t align, int64_t *lo,
                                int64_t *hi)
@@ -259,11 +261,13 @@ void eevpi_head_project_inv(const eevp_head *h, int32_t n, const float *xn, floa
 void eevpi_head_project_range(const eevp_head *h, int64_t r0, int64_t r1, int32_t n,
                               const float *xn, float *z, int64_t ldz);
 /* Full logits with a context's worker threads: the fixed-order kernel split
- * by rows when the pool is worth waking (pool NULL or a small head:
- * eevpi_head_project); fp32 with more than EEVPI_MULTI_MAX rows stays on
- * SGEMM.  Bit-identical whatever the number of parts. */
+ * by rows when the pool is worth waking, the same bits whatever the number
+ * of parts; otherwise (pool NULL or a small head) eevpi_head_project.  fp32
+ * with more than EEVPI_MULTI_MAX rows stays on SGEMM unless `fixed` (batch
+ * invariance): then every row's logits are computed as the row's alone
+ * would be (the pool's kernel, or one SGEMV per row without it). */
 void eevpi_head_project_pool(const eevp_head *h, eevpi_pool *pool, int32_t n, const float *xn,
-                             float *z, int64_t ldz);
+                             float *z, int64_t ldz, int fixed);
 
 /* Pruned logits for one row with the fixed-order kernel (bit-identical to
  * the union kernel below). */

@@ -1,8 +1,9 @@
 /* pool.c - a context's worker threads (eevp_ctx_options.n_threads >= 2).
  *
  * n - 1 threads started at creation and joined at free; a job is split into
- * n parts, part 0 runs on the calling thread, parts 1 .. n-1 on the workers,
- * and eevpi_pool_run returns when every part is done.  Workers sleep on a
+ * up to n parts (one per EEVPI_POOL_GRAIN bytes of rows), part 0 runs on the
+ * calling thread, the others on workers 1 .. parts-1, and eevpi_pool_run
+ * returns when every part is done.  Workers sleep on a
  * condition variable between jobs (no spinning: between two checks the host
  * runs a transformer layer, and a spinning worker would take its core).
  * Nothing here calls user code: criteria and allocators run on the caller's
@@ -10,6 +11,7 @@
 #include "internal.h"
 
 #include <pthread.h>
+#include <signal.h>
 #include <string.h>
 
 typedef struct worker {
@@ -26,6 +28,7 @@ struct eevpi_pool {
     pthread_mutex_t mu;
     pthread_cond_t go, done;
     unsigned long gen;     /* job number */
+    int parts;             /* parts of the current job */
     int pending;           /* workers still on the current job */
     int quit;
     eevpi_pool_fn fn;
@@ -41,15 +44,19 @@ static void *worker_main(void *p)
     for (;;) {
         eevpi_pool_fn fn;
         void *arg;
+        int parts;
         while (pool->gen == seen && !pool->quit)
             pthread_cond_wait(&pool->go, &pool->mu);
         if (pool->quit)
             break;
         seen = pool->gen;
+        if (w->part >= pool->parts)
+            continue; /* not needed for this job */
         fn = pool->fn;
         arg = pool->arg;
+        parts = pool->parts;
         pthread_mutex_unlock(&pool->mu);
-        fn(arg, w->part, pool->n);
+        fn(arg, w->part, parts);
         pthread_mutex_lock(&pool->mu);
         if (--pool->pending == 0)
             pthread_cond_signal(&pool->done);
@@ -73,7 +80,8 @@ int eevpi_pool_create(eevpi_pool **out, int n_threads, const eevpi_mem *mem, cha
                       size_t msg_size)
 {
     eevpi_pool *pool;
-    int i, rc;
+    sigset_t all, old;
+    int i, rc = 0;
     *out = NULL;
     pool = (eevpi_pool *)eevpi_alloc(mem, sizeof *pool);
     if (!pool) {
@@ -95,16 +103,23 @@ int eevpi_pool_create(eevpi_pool **out, int n_threads, const eevpi_mem *mem, cha
     pthread_mutex_init(&pool->mu, NULL);
     pthread_cond_init(&pool->go, NULL);
     pthread_cond_init(&pool->done, NULL);
+    /* Workers start with every signal blocked (they inherit the mask):
+     * the host's signals go to its own threads. */
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
     for (i = 0; i < n_threads - 1; i++) {
         pool->w[i].pool = pool;
         pool->w[i].part = i + 1;
-        if ((rc = pthread_create(&pool->th[i], NULL, worker_main, &pool->w[i])) != 0) {
-            eevpi_msg(msg, msg_size, "could not start worker thread %d of %d (error %d)", i + 1,
-                      n_threads - 1, rc);
-            eevpi_pool_free(pool);
-            return EEVP_ENOMEM;
-        }
+        if ((rc = pthread_create(&pool->th[i], NULL, worker_main, &pool->w[i])) != 0)
+            break;
         pool->started++;
+    }
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (pool->started < n_threads - 1) {
+        eevpi_msg(msg, msg_size, "could not start worker thread %d of %d (error %d)",
+                  pool->started + 1, n_threads - 1, rc);
+        eevpi_pool_free(pool);
+        return EEVP_ENOMEM;
     }
     *out = pool;
     return EEVP_OK;
@@ -132,25 +147,30 @@ int64_t eevpi_pool_size(int n_threads)
                           : 0;
 }
 
-eevpi_pool *eevpi_pool_for(eevpi_pool *pool, int64_t bytes)
+int eevpi_pool_parts(const eevpi_pool *pool, int64_t bytes)
 {
-    return pool && bytes >= 2 * EEVPI_POOL_GRAIN ? pool : NULL;
+    const int64_t p = bytes / EEVPI_POOL_GRAIN;
+    if (!pool || p < 2)
+        return 1;
+    return p < pool->n ? (int)p : pool->n;
 }
 
-void eevpi_pool_run(eevpi_pool *pool, eevpi_pool_fn fn, void *arg)
+void eevpi_pool_run(eevpi_pool *pool, int64_t bytes, eevpi_pool_fn fn, void *arg)
 {
-    if (!pool) {
+    const int parts = eevpi_pool_parts(pool, bytes);
+    if (parts < 2) {
         fn(arg, 0, 1);
         return;
     }
     pthread_mutex_lock(&pool->mu);
     pool->fn = fn;
     pool->arg = arg;
-    pool->pending = pool->n - 1;
+    pool->parts = parts;
+    pool->pending = parts - 1;
     pool->gen++;
     pthread_cond_broadcast(&pool->go);
     pthread_mutex_unlock(&pool->mu);
-    fn(arg, 0, pool->n);
+    fn(arg, 0, parts);
     pthread_mutex_lock(&pool->mu);
     while (pool->pending > 0)
         pthread_cond_wait(&pool->done, &pool->mu);

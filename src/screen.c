@@ -87,7 +87,7 @@ int eevpi_head_screen(const eevp_head *h, eevpi_pool *pool, const float *xn, int
         job.xq = xq;
         job.xs = xs * h->scale;
         job.za = za;
-        eevpi_pool_run(eevpi_pool_for(pool, V * d), q8_part, &job);
+        eevpi_pool_run(pool, V * d, q8_part, &job);
     }
     if (h->bias)
         for (c = 0; c < V; c++)

@@ -264,14 +264,10 @@ static void project_full(eevp_ctx *ctx, const int32_t *list, const int32_t *xrow
         q->slot = i;
         ctx->slot_owner[i] = list[i];
     }
-    if (ctx->o.flags & EEVP_CTX_BATCH_INVARIANT) {
-        /* One row at a time: the same reduction order whatever the batch. */
-        for (i = 0; i < m; i++)
-            eevpi_head_project_pool(ctx->head, ctx->pool, 1, ctx->xn + i * d,
-                                    slot_logits(ctx, i), V);
-    } else {
-        eevpi_head_project_pool(ctx->head, ctx->pool, m, ctx->xn, ctx->logits, V);
-    }
+    /* Under batch invariance, each row with the reduction order it would
+     * get alone, whatever the batch. */
+    eevpi_head_project_pool(ctx->head, ctx->pool, m, ctx->xn, ctx->logits, V,
+                            (ctx->o.flags & EEVP_CTX_BATCH_INVARIANT) != 0);
     count_projection(ctx, (int64_t)m * V);
 }
 
@@ -692,7 +688,7 @@ static void layer_pruned(eevp_ctx *ctx, int32_t layer, int32_t m, int32_t *list,
         j.total = 0;
         for (i = 0; i < m; i++)
             j.total += ctx->seq[list[i]].set_n;
-        eevpi_pool_run(eevpi_pool_for(ctx->pool, 4 * j.total * h->d), pruned_part, &j);
+        eevpi_pool_run(ctx->pool, 4 * j.total * h->d, pruned_part, &j);
     }
     for (i = 0; i < m; i++) {
         const int32_t s = list[i];

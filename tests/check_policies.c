@@ -1580,8 +1580,8 @@ START_TEST(test_pol_option_errors)
         case 8: o.static_mode = SU; o.static_ids = ids; o.n_static = 0; break;
         case 9: o.n_threads = 1; break;
         case 10: o.n_threads = 4; break;
-        /* The 1.0 layout's tail padding: never read. */
-        case 11: o.reserved_1_0 = 0xdeadbeefu; break;
+        /* Named tail padding (1.0 and 1.1 layouts): never read. */
+        case 11: o.reserved_1_0 = 0xdeadbeefu; o.reserved_1_1 = 0xfeedu; break;
         default: i = -1; break;
         }
         if (i < 0)

@@ -197,6 +197,7 @@ class eevp_ctx_options(Structure):
         ("k_min", c_int32),
         ("reserved_1_0", c_uint32),
         ("n_threads", c_int32),
+        ("reserved_1_1", c_uint32),
     ]
 
 
