@@ -259,6 +259,39 @@ static int fragile(const outcome *solo)
            (solo->n > 1 && fabsf(solo->z[0] - solo->z[1]) < 1e-4f * (1.0f + fabsf(solo->z[0])));
 }
 
+/* members[0..POOL-1]: the pool's indices in a random order. */
+static void shuffled_members(int32_t *members, uint32_t *seed)
+{
+    int32_t i;
+    for (i = 0; i < POOL; i++)
+        members[i] = i;
+    for (i = POOL - 1; i > 0; i--) {
+        int32_t j = (int32_t)(ref_rand_u32(seed) % (uint32_t)(i + 1)), t = members[i];
+        members[i] = members[j];
+        members[j] = t;
+    }
+}
+
+/* got against the sequence's reference run: the same decision with logits
+ * within the bound, or a different one only where a tie makes it fragile
+ * (counted in *flips). */
+static void check_near(const fixture *fx, int32_t member, const outcome *got,
+                       const outcome *ref, int32_t n, int64_t *flips)
+{
+    const char *name = fx->c->name;
+    if (got->r.token == ref->r.token && got->r.layer == ref->r.layer &&
+        got->r.reason == ref->r.reason) {
+        ck_assert_msg(within_bound(fx, member, got, ref),
+                      "%s: batch %d: sequence %d's logits beyond the bound", name, n, member);
+        ck_assert(fabsf(got->r.confidence - ref->r.confidence) < 1e-3f);
+    } else {
+        (*flips)++;
+        ck_assert_msg(fragile(ref), "%s: batch %d: sequence %d decided differently (token "
+                      "%d/%d, layer %d/%d) far from any tie", name, n, member, got->r.token,
+                      ref->r.token, got->r.layer, ref->r.layer);
+    }
+}
+
 START_TEST(test_batch_invariant)
 {
     const bcfg *c = &bcfgs[_i];
@@ -284,14 +317,7 @@ START_TEST(test_batch_invariant)
     for (n = 1; n <= POOL; n++)
         for (s = 0; s < SHUFFLES; s++) {
             const int form = (n + s) % 3;
-            /* n distinct pool members in a random order. */
-            for (i = 0; i < POOL; i++)
-                members[i] = i;
-            for (i = POOL - 1; i > 0; i--) {
-                int32_t j = (int32_t)(ref_rand_u32(&seed) % (uint32_t)(i + 1)), t = members[i];
-                members[i] = members[j];
-                members[j] = t;
-            }
+            shuffled_members(members, &seed); /* the first n are the batch */
             run_batch(&fx, inv, members, n, form, &seed, got);
             /* Left set until the next step: the last sets' gather. */
             unions += inv->uni_on;
@@ -311,20 +337,7 @@ START_TEST(test_batch_invariant)
             for (i = 0; i < n; i++) {
                 const outcome *ref = &solo[members[i]];
                 compared++;
-                if (got[i].r.token == ref->r.token && got[i].r.layer == ref->r.layer &&
-                    got[i].r.reason == ref->r.reason) {
-                    ck_assert_msg(within_bound(&fx, members[i], &got[i], ref),
-                                  "%s: batch %d: sequence %d's logits beyond the bound", c->name,
-                                  n, members[i]);
-                    ck_assert(fabsf(got[i].r.confidence - ref->r.confidence) < 1e-3f);
-                } else {
-                    flips++;
-                    ck_assert_msg(fragile(ref),
-                                  "%s: batch %d: sequence %d decided differently without the "
-                                  "flag (token %d/%d, layer %d/%d) far from any tie",
-                                  c->name, n, members[i], got[i].r.token, ref->r.token,
-                                  got[i].r.layer, ref->r.layer);
-                }
+                check_near(&fx, members[i], &got[i], ref, n, &flips);
             }
             outcome_free(got, n);
         }
@@ -412,13 +425,7 @@ START_TEST(test_threads_same_bits)
     for (p = 0; p < POOL; p++)
         run_batch(&fx, one, &p, 1, 0, &seed, &solo[p]);
     for (n = 1; n <= POOL; n += 3) {
-        for (i = 0; i < POOL; i++)
-            members[i] = i;
-        for (i = POOL - 1; i > 0; i--) {
-            int32_t j = (int32_t)(ref_rand_u32(&seed) % (uint32_t)(i + 1)), t = members[i];
-            members[i] = members[j];
-            members[j] = t;
-        }
+        shuffled_members(members, &seed);
         run_batch(&fx, two, members, n, n % 3, &seed, got2);
         run_batch(&fx, three, members, n, (n + 1) % 3, &seed, got3);
         run_batch(&fx, four, members, n, (n + 2) % 3, &seed, got4);
@@ -432,16 +439,7 @@ START_TEST(test_threads_same_bits)
                               "%s: batch %d: sequence %d differs between 2 and 4 threads",
                               c->name, n, members[i]);
             compared++;
-            if (got3[i].r.token == ref->r.token && got3[i].r.layer == ref->r.layer &&
-                got3[i].r.reason == ref->r.reason) {
-                ck_assert_msg(within_bound(&fx, members[i], &got3[i], ref),
-                              "%s: batch %d: sequence %d's logits beyond the bound", c->name,
-                              n, members[i]);
-            } else {
-                flips++;
-                ck_assert_msg(fragile(ref), "%s: batch %d: sequence %d decided differently "
-                              "with threads", c->name, n, members[i]);
-            }
+            check_near(&fx, members[i], &got3[i], ref, n, &flips);
         }
         outcome_free(got2, n);
         outcome_free(got3, n);
