@@ -1083,7 +1083,7 @@ static void run_policies(runner *r, const opts *o)
     load_split(r, o->wordnet, 0, 1 << 20, &train);
     freq = frequent_ids(&train, r->V, 256);
     memset(&cfg, 0, sizeof cfg);
-    cfg.first = o->first >= 0 ? o->first : 1;
+    cfg.first = o->first >= 0 ? o->first : 2;
     cfg.final_policy = o->final_policy;
     cfg.mode = MODE_FULL;
     decoder_open(&d, r, &cfg);
@@ -1091,7 +1091,7 @@ static void run_policies(runner *r, const opts *o)
     decoder_close(&d);
     cfg.mode = MODE_PRUNED;
     cfg.k = o->k;
-    cfg.threshold = o->threshold >= 0 ? o->threshold : 0.05f;
+    cfg.threshold = o->threshold >= 0 ? o->threshold : 0.07f;
     printf("%lld test positions; K = %d, first checked layer %d, threshold %.3f, top-2 gap, "
            "final layer %s\n\n", (long long)n, (int)cfg.k, (int)cfg.first,
            (double)cfg.threshold, cfg.final_policy == EEVP_FINAL_FULL ? "full" : "pruned");

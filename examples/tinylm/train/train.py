@@ -96,12 +96,12 @@ def evaluate(model, stream, seq, max_tokens):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=os.path.join(HERE, "..", "model"))
-    ap.add_argument("--steps", type=int, default=450)
-    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--steps", type=int, default=1100)
+    ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--seq", type=int, default=128)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--warmup", type=int, default=20)
-    ap.add_argument("--sub", type=float, default=0.125,
+    ap.add_argument("--sub", type=float, default=0.25,
                     help="share of positions for the intermediate exit losses")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=1234)
