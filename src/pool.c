@@ -10,34 +10,12 @@
  * thread only. */
 #include "internal.h"
 
-#include <pthread.h>
 #include <signal.h>
 #include <string.h>
 
-typedef struct worker {
-    struct eevpi_pool *pool;
-    int part;
-} worker;
-
-struct eevpi_pool {
-    eevpi_mem mem;
-    int n;                 /* parts: workers + 1 */
-    int started;           /* workers running */
-    pthread_t *th;
-    worker *w;
-    pthread_mutex_t mu;
-    pthread_cond_t go, done;
-    unsigned long gen;     /* job number */
-    int parts;             /* parts of the current job */
-    int pending;           /* workers still on the current job */
-    int quit;
-    eevpi_pool_fn fn;
-    void *arg;
-};
-
 static void *worker_main(void *p)
 {
-    worker *w = (worker *)p;
+    eevpi_worker *w = (eevpi_worker *)p;
     eevpi_pool *pool = w->pool;
     unsigned long seen = 0;
     pthread_mutex_lock(&pool->mu);
@@ -91,8 +69,9 @@ int eevpi_pool_create(eevpi_pool **out, int n_threads, const eevpi_mem *mem, cha
     memset(pool, 0, sizeof *pool);
     pool->mem = *mem;
     pool->n = n_threads;
+    pool->grain = EEVPI_POOL_GRAIN;
     pool->th = (pthread_t *)eevpi_alloc(mem, sizeof(pthread_t) * (size_t)(n_threads - 1));
-    pool->w = (worker *)eevpi_alloc(mem, sizeof(worker) * (size_t)(n_threads - 1));
+    pool->w = (eevpi_worker *)eevpi_alloc(mem, sizeof(eevpi_worker) * (size_t)(n_threads - 1));
     if (!pool->th || !pool->w) {
         eevpi_free(mem, pool->th);
         eevpi_free(mem, pool->w);
@@ -143,14 +122,17 @@ void eevpi_pool_free(eevpi_pool *pool)
 int64_t eevpi_pool_size(int n_threads)
 {
     return n_threads >= 2 ? (int64_t)sizeof(eevpi_pool) +
-                                (int64_t)(n_threads - 1) * (int64_t)(sizeof(pthread_t) + sizeof(worker))
+                                (int64_t)(n_threads - 1) * (int64_t)(sizeof(pthread_t) + sizeof(eevpi_worker))
                           : 0;
 }
 
 int eevpi_pool_parts(const eevpi_pool *pool, int64_t bytes)
 {
-    const int64_t p = bytes / EEVPI_POOL_GRAIN;
-    if (!pool || p < 2)
+    int64_t p;
+    if (!pool)
+        return 1;
+    p = bytes / pool->grain;
+    if (p < 2)
         return 1;
     return p < pool->n ? (int)p : pool->n;
 }
