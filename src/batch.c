@@ -152,19 +152,6 @@ int eevpi_union_pick(const eevp_head *h, const eevpi_union *u, const int32_t *k_
     return u->n_seq > 1 && uni < each;
 }
 
-/* Scale, bias, soft-cap: the same operations in the same order as every
- * other path of the library, so both kernels give the same bits. */
-static float finish(const eevp_head *h, float v, const float *b)
-{
-    if (h->scale != 1.0f)
-        v *= h->scale;
-    if (b)
-        v += *b;
-    if (h->cap > 0.0f && v > -INFINITY)
-        v = h->cap * tanhf(v / h->cap);
-    return v;
-}
-
 /* The two phases of a check through the plan, each split between the
  * context's threads: the dense pass by rows, then the candidates of the
  * concatenated sets (copied from the dense products, or one dot per sparse
@@ -241,7 +228,9 @@ static void union_cand_part(void *arg, int part, int parts)
             flush_sparse(h, rp, jp, q, x, zi);
         for (c = a; c < b; c++) {
             const int32_t r = u->pos[off + c];
-            zi[c] = finish(h, zi[c], u->bias ? u->bias + r : NULL);
+            /* The library's one logit transform, so both kernels give the
+             * same bits. */
+            eevpi_head_transform(h, zi + c, 1, u->bias ? u->bias + r : NULL);
         }
     }
 }
@@ -276,11 +265,10 @@ void eevpi_pruned_each(const eevp_head *h, int32_t n, const int32_t *k_of,
                        const float *const *rows, const float *const *bias, const float *xn,
                        float *const *z)
 {
-    int32_t i, j;
+    int32_t i;
     for (i = 0; i < n; i++) {
         h->dk->dot(EEVP_WEIGHT_F32, rows[i], h->d, k_of[i], h->d, 1, xn + (int64_t)i * h->d,
                    h->d, z[i], k_of[i]);
-        for (j = 0; j < k_of[i]; j++)
-            z[i][j] = finish(h, z[i][j], bias && bias[i] ? bias[i] + j : NULL);
+        eevpi_head_transform(h, z[i], k_of[i], bias ? bias[i] : NULL);
     }
 }

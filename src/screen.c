@@ -116,9 +116,7 @@ int eevpi_head_screen(const eevp_head *h, eevpi_pool *pool, const float *xn, int
     }
     for (j = 0; j < m; j++) {
         const int64_t v = sid[j];
-        ze[j] = ze[j] * h->scale + (h->bias ? h->bias[v] : 0.0f);
-        if (h->cap > 0.0f && ze[j] > -INFINITY)
-            ze[j] = h->cap * tanhf(ze[j] / h->cap);
+        eevpi_head_transform(h, ze + j, 1, h->bias ? h->bias + v : NULL);
     }
     if ((rc = eevpi_topk(h->kern, ze, m, k, 0, ids, z, pairs)) != EEVP_OK)
         return rc;
