@@ -165,8 +165,13 @@ const eevpi_dotk *eevpi_dotk_select(int portable_only)
 #if defined(EEVPI_HAVE_AVX2_KERNELS) && defined(__GNUC__)
     if (!portable_only) {
         __builtin_cpu_init();
-        if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && has_f16c())
+        if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && has_f16c()) {
+#if defined(EEVPI_HAVE_AVX512_KERNELS)
+            if (__builtin_cpu_supports("avx512f"))
+                return &eevpi_dotk_avx512;
+#endif
             return &eevpi_dotk_avx2;
+        }
     }
 #else
     (void)portable_only;

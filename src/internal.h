@@ -127,6 +127,9 @@ extern const eevpi_kernels eevpi_kernels_portable;
 #if defined(__x86_64__) || defined(__i386__)
 extern const eevpi_kernels eevpi_kernels_avx2;
 #define EEVPI_HAVE_AVX2_KERNELS 1
+#if defined(__x86_64__)
+#define EEVPI_HAVE_AVX512_KERNELS 1
+#endif
 #endif
 
 /* ---- topk.c ---- */
@@ -263,6 +266,10 @@ const eevpi_dotk *eevpi_dotk_select(int portable_only);
 extern const eevpi_dotk eevpi_dotk_portable;
 #if defined(EEVPI_HAVE_AVX2_KERNELS)
 extern const eevpi_dotk eevpi_dotk_avx2;
+#endif
+#if defined(EEVPI_HAVE_AVX512_KERNELS)
+/* AVX-512F for 5-8 vectors, the AVX2 set otherwise (dot_avx512.c). */
+extern const eevpi_dotk eevpi_dotk_avx512;
 #endif
 
 /* fp16 / bf16 <-> fp32, round to nearest even (portable, exact). */

@@ -19,6 +19,7 @@
 #if !defined(__SANITIZE_ADDRESS__)
 #include "../src/dot.c"
 #include "../src/dot_avx2.c"
+#include "../src/dot_avx512.c"
 #include "../src/batch.c"
 #include "../src/pool.c"
 #include "../src/util.c"
@@ -295,6 +296,54 @@ START_TEST(test_dot_invariant)
     free(zn);
     eevp_head_free(h);
     hw_free(&w);
+}
+END_TEST
+
+/* The AVX-512 kernel (5-8 vectors) gives the AVX2 kernel's bits: both
+ * called directly on the same data, every n from 1 to 12, shapes with
+ * several row blocks, leftover rows and column chunks.  Loop index: shape
+ * x storage type. */
+START_TEST(test_dot_avx512_same_bits)
+{
+#if defined(EEVPI_HAVE_AVX512_KERNELS) && defined(__GNUC__)
+    static const dshape sh[] = {{1, 8, 8, 0},     {5, 7, 9, 0},      {25, 1030, 1030, 0},
+                                {100, 2055, 2056, 0}, {151, 64, 64, 0}, {53, 4096, 4100, 0}};
+    const dshape *s = &sh[_i / 3];
+    const int32_t wt = wtypes[_i % 3];
+    uint32_t seed = 777u + (uint32_t)_i;
+    hw w;
+    float *x, *za, *zb;
+    const void *W;
+    int32_t n;
+    __builtin_cpu_init();
+    if (!__builtin_cpu_supports("avx512f") || !__builtin_cpu_supports("avx2") ||
+        !__builtin_cpu_supports("fma")) {
+        fprintf(stderr, "check_dot: this CPU has no AVX-512F: its kernel is not compared\n");
+        return;
+    }
+    hw_init(&w, wt, s->nr, s->d, s->stride, &seed);
+    W = wt == EEVP_WEIGHT_F32 ? (const void *)w.Wf : (const void *)w.Wh;
+    x = (float *)malloc((size_t)(12 * s->d) * 4);
+    za = (float *)malloc((size_t)(12 * s->nr) * 4);
+    zb = (float *)malloc((size_t)(12 * s->nr) * 4);
+    ck_assert(x && za && zb);
+    fill_random(x, 12 * s->d, &seed, -1.0f, 1.0f);
+    for (n = 1; n <= 12; n++) {
+        memset(za, 0xa5, (size_t)(n * s->nr) * 4);
+        memset(zb, 0x5a, (size_t)(n * s->nr) * 4);
+        eevpi_dotk_avx2.dot(wt, W, s->stride, s->nr, s->d, n, x, s->d, za, s->nr);
+        eevpi_dotk_avx512.dot(wt, W, s->stride, s->nr, s->d, n, x, s->d, zb, s->nr);
+        EXPECT(memcmp(za, zb, (size_t)(n * s->nr) * 4) == 0,
+               "avx512 differs from avx2: wt %d, %lld x %lld, n %d", (int)wt, (long long)s->nr,
+               (long long)s->d, (int)n);
+    }
+    free(x);
+    free(za);
+    free(zb);
+    hw_free(&w);
+#else
+    fprintf(stderr, "check_dot: built without the AVX-512 kernel: nothing to compare\n");
+#endif
 }
 END_TEST
 
@@ -681,6 +730,7 @@ Suite *make_dot_suite(void)
     tc = tcase_create("dot");
     tcase_add_loop_test(tc, test_dot_reference, 0, N_DSHAPES * 6);
     tcase_add_loop_test(tc, test_dot_invariant, 0, N_DSHAPES * 6);
+    tcase_add_loop_test(tc, test_dot_avx512_same_bits, 0, 18);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("half");

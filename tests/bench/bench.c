@@ -404,19 +404,37 @@ static void bench_kernels(world *w)
 
     /* Several hidden states at the pruning layer. */
     {
-        static const int32_t Bs[] = {2, 4, 8, 16};
+        static const int32_t Bs[] = {2, 3, 4, 5, 6, 7, 8, 16};
         size_t i;
         for (i = 0; i < sizeof Bs / sizeof Bs[0]; i++) {
+            const int odd = Bs[i] == 3 || (Bs[i] >= 5 && Bs[i] <= 7);
             if (quick && Bs[i] != 8)
                 continue;
             a.n = Bs[i];
-            snprintf(name, sizeof name, "blas_full_b%d", (int)Bs[i]);
-            report(name, measure(run_sgemm, &a, 1));
+            if (!odd) {
+                snprintf(name, sizeof name, "blas_full_b%d", (int)Bs[i]);
+                report(name, measure(run_sgemm, &a, 1));
+            }
             snprintf(name, sizeof name, "lib_full_b%d", (int)Bs[i]);
             report(name, measure(run_project, &a, 1));
-            snprintf(name, sizeof name, "lib_full_inv_b%d", (int)Bs[i]);
-            report(name, measure(run_project_inv, &a, 1));
+            if (!odd) {
+                snprintf(name, sizeof name, "lib_full_inv_b%d", (int)Bs[i]);
+                report(name, measure(run_project_inv, &a, 1));
+            }
         }
+#if defined(EEVPI_HAVE_AVX512_KERNELS)
+        /* The AVX2 kernel on the same call, side by side with the AVX-512
+         * one the head chose (5-8 vectors). */
+        if (w->head->dk == &eevpi_dotk_avx512) {
+            w->head->dk = &eevpi_dotk_avx2;
+            a.n = 8;
+            report("lib_full_avx2_b8", measure(run_project, &a, 1));
+            a.n = 5;
+            if (!quick)
+                report("lib_full_avx2_b5", measure(run_project, &a, 1));
+            w->head->dk = &eevpi_dotk_avx512;
+        }
+#endif
     }
 
     /* Half-precision heads. */
@@ -429,6 +447,13 @@ static void bench_kernels(world *w)
         a.n = 8;
         a.h = w->head_f16;
         report("f16_full_b8", measure(run_project, &a, 1));
+#if defined(EEVPI_HAVE_AVX512_KERNELS)
+        if (w->head_f16->dk == &eevpi_dotk_avx512) {
+            w->head_f16->dk = &eevpi_dotk_avx2;
+            report("f16_full_avx2_b8", measure(run_project, &a, 1));
+            w->head_f16->dk = &eevpi_dotk_avx512;
+        }
+#endif
     }
 
     free(a.xn);
