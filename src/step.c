@@ -521,6 +521,31 @@ static int build_set(eevp_ctx *ctx, int32_t s, const float *z)
     return EEVP_OK;
 }
 
+typedef struct gather_job {
+    eevp_ctx *ctx;
+    const int32_t *built;
+    int32_t nb;
+} gather_job;
+
+/* One block per sequence, for sequences built[lo..hi-1] of this part. */
+static void gather_part(void *arg, int part, int parts)
+{
+    const gather_job *j = (const gather_job *)arg;
+    eevp_ctx *ctx = j->ctx;
+    const eevp_head *h = ctx->head;
+    int64_t lo, hi, i;
+    eevpi_split(j->nb, part, parts, 1, &lo, &hi);
+    for (i = lo; i < hi; i++) {
+        const int32_t s = j->built[i];
+        eevpi_seq *q = &ctx->seq[s];
+        float *rows = ctx->rows + (int64_t)s * ctx->kmax * h->d;
+        float *bias = ctx->set_bias ? ctx->set_bias + (int64_t)s * ctx->kmax : NULL;
+        eevpi_head_gather(h, q->set_ids, q->set_n, rows, h->d, bias);
+        q->set_rows = rows;
+        q->set_bias = bias;
+    }
+}
+
 /* Gather the rows of the sets just built for sequences built[0..nb-1]:
  * through one union plan when eevpi_union_pick expects the later checks to
  * cost less that way (batch.c; rows shared by several sets are read once),
@@ -548,13 +573,18 @@ static void gather_sets(eevp_ctx *ctx, const int32_t *built, int32_t nb)
             return;
         }
     }
-    for (i = 0; i < nb; i++) {
-        eevpi_seq *q = &ctx->seq[built[i]];
-        float *rows = ctx->rows + (int64_t)built[i] * ctx->kmax * h->d;
-        float *bias = ctx->set_bias ? ctx->set_bias + (int64_t)built[i] * ctx->kmax : NULL;
-        eevpi_head_gather(h, q->set_ids, q->set_n, rows, h->d, bias);
-        q->set_rows = rows;
-        q->set_bias = bias;
+    {
+        gather_job j;
+        int64_t total = 0;
+        j.ctx = ctx;
+        j.built = built;
+        j.nb = nb;
+        for (i = 0; i < nb; i++)
+            total += ctx->seq[built[i]].set_n;
+        /* Shared out by sequences with the context's threads (8 sets of
+         * 256 rows of 4096 floats are 32 MB to read and write). */
+        eevpi_pool_run(ctx->pool, total * h->d * (h->wtype == EEVP_WEIGHT_F32 ? 4 : 2),
+                       gather_part, &j);
     }
 }
 
