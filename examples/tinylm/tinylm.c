@@ -1091,7 +1091,7 @@ static void run_policies(runner *r, const opts *o)
     decoder_close(&d);
     cfg.mode = MODE_PRUNED;
     cfg.k = o->k;
-    cfg.threshold = o->threshold >= 0 ? o->threshold : 0.07f;
+    cfg.threshold = o->threshold >= 0 ? o->threshold : 0.10f;
     printf("%lld test positions; K = %d, first checked layer %d, threshold %.3f, top-2 gap, "
            "final layer %s\n\n", (long long)n, (int)cfg.k, (int)cfg.first,
            (double)cfg.threshold, cfg.final_policy == EEVP_FINAL_FULL ? "full" : "pruned");

@@ -96,7 +96,7 @@ def evaluate(model, stream, seq, max_tokens):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=os.path.join(HERE, "..", "model"))
-    ap.add_argument("--steps", type=int, default=1100)
+    ap.add_argument("--steps", type=int, default=3600)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--seq", type=int, default=128)
     ap.add_argument("--lr", type=float, default=2e-3)
@@ -104,6 +104,9 @@ def main():
     ap.add_argument("--sub", type=float, default=0.25,
                     help="share of positions for the intermediate exit losses")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--amp", default="bf16", choices=["bf16", "off"],
+                    help="bf16 autocast for the forward pass (weights, gradients and the "
+                         "optimizer stay fp32); about 3x faster on CPUs with AVX512_BF16")
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--vocab", type=int, default=8192)
     ap.add_argument("--dtype", default="F16", choices=["F16", "BF16", "F32"])
@@ -180,16 +183,17 @@ def main():
         starts = torch.randint(0, len(train_s) - T - 1, (B,), generator=gen)
         x = torch.stack([torch.from_numpy(train_s[s:s + T + 1]) for s in starts.tolist()])
         inp, tgt = x[:, :-1], x[:, 1:].reshape(-1)
-        hs = model.hidden_states(inp)
         sub = torch.randperm(B * T, generator=gen)[:nsub]
         losses = []
-        for l, h in enumerate(hs):
-            hf = h.reshape(B * T, -1)
-            if l == L - 1:
-                losses.append(F.cross_entropy(model.logits(hf), tgt))
-            else:
-                losses.append(F.cross_entropy(model.logits(hf[sub]), tgt[sub]))
-        loss = sum(wl * ll for wl, ll in zip(w.tolist(), losses))
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.amp == "bf16"):
+            hs = model.hidden_states(inp)
+            for l, h in enumerate(hs):
+                hf = h.reshape(B * T, -1)
+                if l == L - 1:
+                    losses.append(F.cross_entropy(model.logits(hf).float(), tgt))
+                else:
+                    losses.append(F.cross_entropy(model.logits(hf[sub]).float(), tgt[sub]))
+            loss = sum(wl * ll for wl, ll in zip(w.tolist(), losses))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -208,7 +212,7 @@ def main():
         "command": " ".join(["/usr/bin/python3"] + sys.argv),
         "seed": args.seed, "steps_schedule": args.steps, "steps_done": stop, "batch": B,
         "seq": T, "lr": args.lr, "intermediate_loss_positions": args.sub,
-        "threads": args.threads, "parameters": nparam, "dtype": args.dtype,
+        "threads": args.threads, "amp": args.amp, "parameters": nparam, "dtype": args.dtype,
         "tokenizer_seconds": round(t_tok, 1), "train_seconds": round(train_time, 1),
         "log": log,
     }
