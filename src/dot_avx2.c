@@ -7,6 +7,7 @@
  * c, a fixed horizontal sum, then the scalar tail in increasing c.  The tile
  * shapes below only decide how many such accumulators run side by side. */
 #include "internal.h"
+#include "dot_x86.h"
 
 #include <string.h>
 
@@ -27,23 +28,6 @@ AVXF INLINE __m256 load8(int32_t wt, const void *W, int64_t i)
             _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)((const uint16_t *)W + i))),
             16));
     return _mm256_loadu_ps((const float *)W + i);
-}
-
-AVXF INLINE float load1(int32_t wt, const void *W, int64_t i)
-{
-    if (wt == EEVP_WEIGHT_F16)
-        return _cvtsh_ss(((const uint16_t *)W)[i]);
-    if (wt == EEVP_WEIGHT_BF16)
-        return eevpi_bf16_to_f32(((const uint16_t *)W)[i]);
-    return ((const float *)W)[i];
-}
-
-AVXF INLINE float hsum(__m256 v)
-{
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
 }
 
 /* R rows rp[0..R-1] times G vectors xp[0..G-1]: zp[b][a]. */
@@ -76,10 +60,10 @@ AVXF INLINE void tile(int32_t wt, const void *const *rp, int R, int G, int64_t d
     for (a = 0; a < R; a++)
 #pragma GCC unroll 4
         for (b = 0; b < G; b++) {
-            float s = hsum(acc[a][b]);
+            float s = dotx_hsum(acc[a][b]);
             int64_t t;
             for (t = d8; t < d; t++)
-                s += load1(wt, rp[a], t) * xp[b][t];
+                s += dotx_load1(wt, rp[a], t) * xp[b][t];
             zp[b][a] = s;
         }
 }
@@ -270,11 +254,11 @@ AVXF INLINE void drive_multi(int32_t wt, const void *W, int64_t stride, int64_t 
             /* The same horizontal sum and scalar tail as tile(). */
             for (a = 0; a < rr; a++)
                 for (i = 0; i < nv; i++) {
-                    float sum = hsum(_mm256_loadu_ps(state + (a * nv + i) * 8));
+                    float sum = dotx_hsum(_mm256_loadu_ps(state + (a * nv + i) * 8));
                     const float *xr = x + (int64_t)(v0 + i) * ldx;
                     int64_t t;
                     for (t = d8; t < d; t++)
-                        sum += load1(wt, Wb, a * stride + t) * xr[t];
+                        sum += dotx_load1(wt, Wb, a * stride + t) * xr[t];
                     z[(int64_t)(v0 + i) * ldz + r0 + a] = sum;
                 }
         }

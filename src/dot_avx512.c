@@ -16,6 +16,7 @@
  * horizontal sum and scalar tail.  tests/check_dot.c compares the two
  * kernels bit for bit. */
 #include "internal.h"
+#include "dot_x86.h"
 
 #include <string.h>
 
@@ -45,24 +46,6 @@ AVX512F_ INLINE512 __m512 load_pair(int32_t wt, const void *A, const void *B, in
 AVX512F_ INLINE512 __m512 bcast8(const float *x)
 {
     return _mm512_castpd_ps(_mm512_broadcast_f64x4(_mm256_loadu_pd((const double *)x)));
-}
-
-AVX512F_ INLINE512 float hsum8(__m256 v)
-{
-    /* dot_avx2.c's hsum, operation for operation. */
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
-}
-
-AVX512F_ INLINE512 float tail1(int32_t wt, const void *W, int64_t i)
-{
-    if (wt == EEVP_WEIGHT_F16)
-        return _cvtsh_ss(((const uint16_t *)W)[i]);
-    if (wt == EEVP_WEIGHT_BF16)
-        return eevpi_bf16_to_f32(((const uint16_t *)W)[i]);
-    return ((const float *)W)[i];
 }
 
 #define NP 3 /* row pairs per tile: 24 accumulators for 8 vectors */
@@ -176,10 +159,10 @@ AVX512F_ INLINE512 void drive512(int32_t wt, const void *W, int64_t stride, int6
                         break;
                     for (b = 0; b < n; b++) {
                         const float *sv = state + ((t * NP + p) * 8 + b) * 16 + h * 8;
-                        float s = hsum8(_mm256_loadu_ps(sv));
+                        float s = dotx_hsum(_mm256_loadu_ps(sv));
                         int64_t c;
                         for (c = d8; c < d; c++)
-                            s += tail1(wt, Wr, c) * x[b * ldx + c];
+                            s += dotx_load1(wt, Wr, c) * x[b * ldx + c];
                         z[b * ldz + r0 + row] = s;
                     }
                 }
