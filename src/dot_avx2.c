@@ -14,8 +14,8 @@
 #if defined(EEVPI_HAVE_AVX2_KERNELS)
 #include <immintrin.h>
 
-#define AVXF __attribute__((target("avx2,fma,f16c")))
-#define INLINE static inline __attribute__((always_inline))
+#define AVXF EEVPI_AVX2_TARGET
+#define INLINE EEVPI_INLINE
 
 
 

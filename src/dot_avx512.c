@@ -24,10 +24,9 @@
 #include <immintrin.h>
 
 #define AVX512F_ __attribute__((target("avx512f,avx2,fma,f16c")))
-#define INLINE512 static inline __attribute__((always_inline))
 
 /* Rows a and b's elements [c, c+8) as fp32: a in the low half. */
-AVX512F_ INLINE512 __m512 load_pair(int32_t wt, const void *A, const void *B, int64_t c)
+AVX512F_ EEVPI_INLINE __m512 load_pair(int32_t wt, const void *A, const void *B, int64_t c)
 {
     if (wt == EEVP_WEIGHT_F32)
         return _mm512_castpd_ps(_mm512_insertf64x4(
@@ -43,7 +42,7 @@ AVX512F_ INLINE512 __m512 load_pair(int32_t wt, const void *A, const void *B, in
     }
 }
 
-AVX512F_ INLINE512 __m512 bcast8(const float *x)
+AVX512F_ EEVPI_INLINE __m512 bcast8(const float *x)
 {
     return _mm512_castpd_ps(_mm512_broadcast_f64x4(_mm256_loadu_pd((const double *)x)));
 }
@@ -61,7 +60,7 @@ AVX512F_ INLINE512 __m512 bcast8(const float *x)
  * high half is then dropped) times G vectors, continuing the accumulators
  * saved in st.  pf: bytes ahead of each row to prefetch into L2 (0: none),
  * one line every 16 columns. */
-AVX512F_ INLINE512 void tile512(int32_t wt, const void *const *rp, int P, int G, int64_t c0,
+AVX512F_ EEVPI_INLINE void tile512(int32_t wt, const void *const *rp, int P, int G, int64_t c0,
                                int64_t c1, const float *x, int64_t ldx, float *st, int64_t pf)
 {
     const int64_t esz = wt == EEVP_WEIGHT_F32 ? 4 : 2;
@@ -102,7 +101,7 @@ AVX512F_ INLINE512 void tile512(int32_t wt, const void *const *rp, int P, int G,
  * vectors' chunk staying in L1 while the block's tiles pass over it, and
  * the rows PF_BLOCKS blocks further on prefetched into L2 meanwhile: the memory pattern of
  * dot_avx2.c's drive_multi, with all the vectors in one pass. */
-AVX512F_ INLINE512 void drive512(int32_t wt, const void *W, int64_t stride, int64_t nr, int64_t d,
+AVX512F_ EEVPI_INLINE void drive512(int32_t wt, const void *W, int64_t stride, int64_t nr, int64_t d,
                                 int32_t n, const float *x, int64_t ldx, float *z, int64_t ldz)
 {
     const int64_t esz = wt == EEVP_WEIGHT_F32 ? 4 : 2;
@@ -154,9 +153,10 @@ AVX512F_ INLINE512 void drive512(int32_t wt, const void *W, int64_t stride, int6
             for (p = 0; p < NP; p++)
                 for (h = 0; h < 2; h++) {
                     const int64_t row = (int64_t)t * 2 * NP + 2 * p + h;
-                    const char *Wr = (const char *)W + (r0 + row) * rowb;
+                    const char *Wr;
                     if (row >= rr)
                         break;
+                    Wr = (const char *)W + (r0 + row) * rowb;
                     for (b = 0; b < n; b++) {
                         const float *sv = state + ((t * NP + p) * 8 + b) * 16 + h * 8;
                         float s = dotx_hsum(_mm256_loadu_ps(sv));
