@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 // cpp_pkgconfig.cpp - libeevp from C++17, built against the installed
 // library through pkg-config only (no path into the source tree):
 //

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * custom_criterion.c - a user-defined exit criterion: a linear probe on the
  * hidden state, c = sigmoid(w . h + b), registered through the callback

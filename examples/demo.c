@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * demo.c - a decoding loop with early exit, once on the full vocabulary at
  * every check (K = 0) and once with dynamic vocabulary pruning (K = 256),

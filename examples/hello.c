@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * hello.c - the smallest complete libeevp program: a head of 8 tokens in
  * 4 dimensions, one sequence, one token, a model of 3 layers.

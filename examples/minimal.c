@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * minimal.c - the smallest complete decoding loop: a batch of 2 sequences,
  * 4 tokens each, through a toy model of 6 layers.  The host compacts its

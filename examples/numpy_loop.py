@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# SPDX-License-Identifier: MIT
 """numpy_loop.py - the batched decoding loop of python_demo.py, with numpy.
 
 Four sequences decode 5 tokens each through a toy model of 10 layers whose

@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# SPDX-License-Identifier: MIT
 """python_demo.py - the eevp Python binding in a batched decoding loop.
 
 Three sequences decode 4 tokens each through a toy model of 8 layers.  The

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * sampling.c - host-side sampling: instead of taking result.token (the
  * argmax), the host draws each token from the resolved sequence's

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /**
  * @file eevp.h
  * @brief libeevp, early-exit confidence with dynamic vocabulary pruning.

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* batch.c - pruned checks for several sequences: per sequence (each reads
  * its own gathered block), or through a union plan (the distinct rows of all
  * sets gathered once per token), with bit-identical results: both use the

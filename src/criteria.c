@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* criteria.c - confidence measures over a set of candidate logits. */
 #include "internal.h"
 

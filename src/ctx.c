@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* ctx.c - the context: options, memory plan, criterion registration,
  * threshold schedule, statistics. */
 #include "ctx.h"

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* ctx.h - the context object, shared by ctx.c and step.c; not API. */
 #ifndef EEVP_CTX_H
 #define EEVP_CTX_H

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* dot.c - fixed-order dot kernels (portable versions and the run-time
  * choice), half-precision conversions and the multi-vector full projection.
  *

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* dot_avx2.c - the fixed-order dot kernels for AVX2/FMA/F16C, compiled for
  * those instructions through target attributes and run only when the CPU
  * reports them (eevpi_dotk_select).

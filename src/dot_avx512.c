@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* dot_avx512.c - the multi-vector full projection for 5 to 8 vectors with
  * AVX-512F registers, chosen at run time (eevpi_dotk_select) on CPUs that
  * report AVX-512F; everything else is the AVX2 kernel set (dot_avx2.c).

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* dot_x86.h - the pieces of a dot product that the AVX2 and AVX-512 dot
  * kernels (dot_avx2.c, dot_avx512.c) share, so that both end every (row,
  * vector) sum with the same operations and therefore the same bits. */

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* head.c - the LM head: weights view, final norm, logit transform, full and
  * pruned projections (OpenBLAS), row gather. */
 #include "internal.h"

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * internal.h - declarations shared between libeevp's sources; not API.
  *

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* pool.c - a context's worker threads (eevp_ctx_options.n_threads >= 2).
  *
  * n - 1 threads started at creation and joined at free; a job is split into

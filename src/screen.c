@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* screen.c - the opt-in approximate pruning step: an int8 copy of W (one
  * scale per row, built at head creation) ranks the whole vocabulary, the
  * best screen_mult * K rows get their exact logits from W, and the best K of

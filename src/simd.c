@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* simd.c - portable kernels and the run-time choice of the CPU-specific ones.
  * The choice is made per head from what the CPU reports, never at build
  * time, and stored in the head: no process-global state. */

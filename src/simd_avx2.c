@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* simd_avx2.c - AVX2/FMA kernels, compiled for those instructions through
  * target attributes (the rest of the library stays baseline x86-64) and run
  * only when the CPU reports them (eevpi_kernels_select). */

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* step.c - the per-token flow: begin, hand over layers, decide per
  * sequence, end.  Pruning happens once per token at the pruning layer; later
  * checks run on the gathered rows only. */

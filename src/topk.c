@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* topk.c - exact top-K by selection, in the order (value descending, then
  * index ascending).
  *

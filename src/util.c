@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* util.c - the ground: version, status texts, allocation, struct sizes. */
 #include "internal.h"
 

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * check_contract.c - the API contract: versions, status texts, options
  * initialisers, NULL handles, struct_size rules, argument ranges, calls out

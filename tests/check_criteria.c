@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * check_criteria.c - the built-in exit criteria on cases whose answer is
  * known by hand, the strict c > lambda rule, the CALM schedule, and the

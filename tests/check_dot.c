@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * check_dot.c - the issue-4 kernels against the plain reference: the
  * fixed-order dot kernels (fp32, fp16, bf16; AVX2 and portable) and their

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * check_hostile.c - hostile and careless callers, and numeric corner cases.
  *

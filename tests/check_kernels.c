@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * check_kernels.c - the public kernels against the reference: full logits,
  * exact top-K, row gather, pruned logits.  Table-driven over shapes; canary

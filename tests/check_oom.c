@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * check_oom.c - out-of-memory torture through the allocator hook: fail the
  * Nth allocation for every N until creation succeeds; every failure must

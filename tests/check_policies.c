@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * check_policies.c - the candidate-set policies (issue 7) against an
  * independent double-precision reference.

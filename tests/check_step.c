@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * check_step.c - the per-token step against an independent reference
  * decoding simulation.

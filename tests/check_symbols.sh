@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: MIT
 # check_symbols.sh - the library exports exactly the public API.
 #
 #  (a) the EEVP_API functions declared in include/eevp.h == tests/symbols.txt

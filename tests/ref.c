@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * ref.c - plain reference implementations and helpers for the Check suites.
  * Clarity over speed; double accumulation throughout.

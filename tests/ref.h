@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * ref.h - plain reference implementations and helpers for the Check suites.
  *

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * ckpt.c - Hugging Face checkpoint directories for Llama-architecture models:
  * config.json, model.safetensors or model.safetensors.index.json + shards,

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * llama.c - one token at a time through a Llama-architecture decoder, fp32:
  * RMSNorm, rotary embeddings in the Hugging Face layout (rotate_half: pairs

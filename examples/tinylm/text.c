@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * text.c - WordNet's glosses (Debian wordnet-base) as text lines, with the
  * same extraction and split as train/wordnet_text.py: line i of the four

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * tinylm.c - reference early-exit decoding runtime on libeevp.
  *

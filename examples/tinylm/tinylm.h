@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * tinylm.h - internal interfaces of the tinylm reference runtime: a
  * Llama-architecture decoder (fp32 compute) that loads Hugging Face checkpoint

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 // tok.cc - the sentencepiece tokenizer (Debian's libsentencepiece) behind a C
 // interface for the rest of tinylm.
 #include "tinylm.h"

@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: MIT
 # abi.sh - the ABI gate (docs/ABI.md), with Debian's abi-dumper and
 # abi-compliance-checker.
 #

@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: MIT
 # check_version.sh - one version everywhere: the header's EEVP_VERSION_*
 # macros (the one source of truth) against the shared object's file name and
 # SONAME, the symlinks, the version script's node, eevp.pc and what the

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * bench.c - libeevp's side of the benchmark (issue 4; docs/BENCHMARKS.md).
  *

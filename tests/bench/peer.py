@@ -1,4 +1,5 @@
 #!/usr/bin/python3
+# SPDX-License-Identifier: MIT
 """peer.py - the peers' side of the benchmark: the same algorithm as the
 method's authors' code path, in PyTorch or numpy, used the way their users
 would (each at its best):

@@ -1,4 +1,5 @@
 #!/usr/bin/python3
+# SPDX-License-Identifier: MIT
 """real_hidden.py - hidden states with real structure for the screening
 recall: the demo model (examples/tinylm, docs/TINYLM.md) run by its own
 PyTorch module over WordNet text, every layer's raw hidden state kept.

@@ -1,4 +1,5 @@
 #!/usr/bin/python3
+# SPDX-License-Identifier: MIT
 """run_bench.py - one benchmark run: libeevp (tests/bench/bench), then the
 numpy and PyTorch peers (tests/bench/peer.py), for 1 and 2 OpenBLAS threads;
 prints the table and the RATIO lines (defined in docs/BENCHMARKS.md).

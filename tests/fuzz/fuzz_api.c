@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * fuzz_api.c - the input is a program of API calls on one small head and
  * one context: steps begun, layers handed over in any order (repeated,

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * fuzz_common.h - helpers shared by the libFuzzer targets in tests/fuzz/.
  *

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * fuzz_kernels.c - the kernels with any shapes, strides, indices and values:
  * eevp_topk (checked against a sort), eevp_head_logits, eevp_head_gather

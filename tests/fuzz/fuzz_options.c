@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * fuzz_options.c - eevp_head_options and eevp_ctx_options with any sizes and
  * values: the bytes of both structs come from the input (struct_size from a

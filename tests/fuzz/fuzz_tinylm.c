@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * fuzz_tinylm.c - the demo runtime's checkpoint loader (examples/tinylm/
  * ckpt.c): config.json, a safetensors file's header and data offsets, and

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * replay.c - runs a fuzz target's LLVMFuzzerTestOneInput over files, with
  * no libFuzzer needed: `replay FILE|DIR...`.  `make check` links each

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """The binding against the header it mirrors: structs (field names, order,
 types, and with a C compiler the offsets and sizes), constants, enums,
 every exported function; and how the library is found and version-checked.

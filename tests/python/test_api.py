@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """The Pythonic layer with the standard library only (no numpy): heads,
 contexts, the step flow, results, candidates, statistics, errors, buffers,
 Python criteria and their exceptions, lifetimes and memory.

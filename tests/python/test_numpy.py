@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """The binding against numpy computing the same things independently: full
 and pruned logits against W[idx] @ norm(h), top-K against np.lexsort (the
 library's order: value descending, then index ascending), every built-in

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * tsan_decode.c - one head shared by 8 contexts on 8 threads.
  *

@@ -1,4 +1,5 @@
 #!/usr/bin/python3
+# SPDX-License-Identifier: MIT
 """make demo-sweep: agreement with full depth and speed over exit thresholds
 and K on the held-out test split, printed as CSV and drawn as
 docs/tinylm_sweep.png (layers saved against agreement, one curve per K, the

@@ -1,4 +1,5 @@
 #!/usr/bin/python3
+# SPDX-License-Identifier: MIT
 """The runtime's checkpoint reader must refuse corrupt, truncated and
 mismatched checkpoint directories with a message naming the file and the
 tensor (exit status 1, never a crash), and must load the other layouts a

@@ -1,4 +1,5 @@
 #!/usr/bin/python3
+# SPDX-License-Identifier: MIT
 """The C runtime and the training script must extract the same WordNet text
 and split it the same way (the held-out splits are never trained on)."""
 import os

@@ -1,4 +1,5 @@
 #!/usr/bin/python3
+# SPDX-License-Identifier: MIT
 """Cross-check the C runtime against the training script's own PyTorch module.
 
 Loads the same checkpoint into examples/tinylm/train/tinylm_model.py (an

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """eevp - Python binding for libeevp (early-exit confidence with dynamic
 vocabulary pruning), pure standard library over ctypes.
 
