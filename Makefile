@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 # libeevp - GNU Makefile.  Targets: all check check-asan demo docs install
 # uninstall deps clean.  Version numbers come from include/eevp.h, the one
 # source of truth.
@@ -18,12 +19,24 @@ DESTDIR ?=
 CC ?= cc
 PKG_CONFIG ?= pkg-config
 
-# Debian packages the build and the tests need; `make deps` installs the
-# missing ones.
-DEB_PACKAGES := libopenblas-dev check pkg-config python3-numpy g++ clang libfuzzer-14-dev \
-  libclang-rt-14-dev valgrind abi-dumper abi-compliance-checker \
-  libsentencepiece-dev libjansson-dev wordnet-base sentencepiece python3-sentencepiece python3-torch \
-  doxygen
+# Debian packages, per target: each target installs only what it needs
+# (deps-build, deps-demo, deps-check, ...); `make deps` installs them all,
+# which is what CI and a developer want.  A fresh Debian 12 already has gcc,
+# g++, clang, make and python3; they are listed where needed all the same.
+BUILD_PACKAGES := gcc libopenblas-dev pkg-config
+# the demo: the library and the tinylm runtime (sentencepiece, jansson, the
+# WordNet text it evaluates on); no Python, no test tools
+DEMO_PACKAGES := $(BUILD_PACKAGES) g++ libsentencepiece-dev libjansson-dev wordnet-base
+# make check: Check, the binding's numpy cross-checks, the tinylm checkpoint
+# tests and the PyTorch cross-check
+CHECK_PACKAGES := $(DEMO_PACKAGES) check python3-numpy sentencepiece python3-sentencepiece \
+  python3-torch
+FUZZ_PACKAGES := clang libfuzzer-14-dev libclang-rt-14-dev
+VALGRIND_PACKAGES := valgrind
+ABI_PACKAGES := abi-dumper abi-compliance-checker
+DOCS_PACKAGES := doxygen
+DEB_PACKAGES := $(sort $(CHECK_PACKAGES) $(FUZZ_PACKAGES) $(VALGRIND_PACKAGES) \
+  $(ABI_PACKAGES) $(DOCS_PACKAGES))
 
 BLAS_CFLAGS = $(shell $(PKG_CONFIG) --cflags openblas 2>/dev/null)
 BLAS_LIBS = $(shell $(PKG_CONFIG) --libs openblas 2>/dev/null || echo -lopenblas)
@@ -45,7 +58,8 @@ OBJS := $(patsubst src/%.c,build/%.o,$(SRCS))
 TEST_SRCS := $(wildcard tests/check_*.c) tests/ref.c
 ASAN_FLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 
-.PHONY: all check check-asan demo docs examples install uninstall deps clean
+.PHONY: all check check-asan demo docs examples install uninstall deps clean \
+  deps-build deps-demo deps-check deps-fuzz deps-valgrind deps-abi deps-docs check-licence
 
 all: $(SHARED) lib/$(SONAME) lib/libeevp.so $(STATIC) eevp.pc
 
@@ -90,20 +104,28 @@ deps:
 	echo "installing:$$missing"; \
 	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq$$missing
 
+deps-build deps-demo deps-check deps-fuzz deps-valgrind deps-abi deps-docs:
+	@$(MAKE) --no-print-directory deps \
+	  DEB_PACKAGES="$($(shell echo $(@:deps-%=%) | tr a-z A-Z)_PACKAGES)"
+
 # ---- tests ------------------------------------------------------------------
 tests/check_eevp: $(TEST_SRCS) tests/ref.h include/eevp.h $(SHARED) lib/libeevp.so
 	$(CC) $(ALL_CFLAGS) $(CHECK_CFLAGS) -Itests -o $@ $(TEST_SRCS) \
 	  -Llib -leevp -Wl,-rpath,'$$ORIGIN/../lib' $(CHECK_LIBS) -lm
 
-check: deps
+check: deps-check
 	$(MAKE) all tests/check_eevp
 	CK_DEFAULT_TIMEOUT=$${CK_DEFAULT_TIMEOUT:-60} tests/check_eevp
 	sh tests/check_symbols.sh
-	$(MAKE) check-reliability check-python check-examples check-tinylm
+	$(MAKE) check-licence check-reliability check-python check-examples check-tinylm
+
+# Every file names its licence (SPDX line or .reuse/dep5).
+check-licence:
+	python3 tests/check_licence.py
 
 # The same suites with the library and the tests built under ASan and UBSan,
 # linked statically so that the instrumented objects are the ones tested.
-check-asan: deps
+check-asan: deps-check
 	rm -rf build/asan && mkdir -p build/asan
 	$(CC) $(ALL_CFLAGS) $(ASAN_FLAGS) $(CHECK_CFLAGS) -Itests -o build/asan/check_eevp \
 	  $(SRCS) $(TEST_SRCS) $(BLAS_LIBS) $(CHECK_LIBS) -lm
@@ -121,7 +143,7 @@ examples: $(EXAMPLES)
 
 # The main job: early exit with pruned confidence on the model trained here
 # (docs/TINYLM.md), then the synthetic 32000 x 4096 head.
-demo: deps
+demo: deps-demo
 	$(MAKE) all examples/demo tinylm
 	examples/tinylm/tinylm demo
 	examples/demo
@@ -162,7 +184,8 @@ build/fuzz/fuzz_tinylm: tests/fuzz/fuzz_tinylm.c $(TINYLM_CKPT) | build/fuzz
 	$(FUZZ_CC) -std=c99 -D_POSIX_C_SOURCE=200809L $(WARN) $(FUZZ_FLAGS) -Iexamples/tinylm \
 	  $(JANSSON_CFLAGS) -o $@ $< examples/tinylm/ckpt.c $(JANSSON_LIBS) -lm
 
-fuzz-build: $(FUZZ_BINS)
+fuzz-build: deps-fuzz
+	$(MAKE) $(FUZZ_BINS)
 
 # Each target runs FUZZ_SECONDS from its committed seeds (copied, so the
 # committed corpus only changes on purpose) plus its regression corpus, with
@@ -233,7 +256,8 @@ check-tsan: $(THREAD_TESTS)
 VALGRIND := valgrind -q --error-exitcode=99 --leak-check=full \
   --errors-for-leak-kinds=definite,indirect --show-leak-kinds=definite,indirect
 
-valgrind: all tests/check_eevp $(REPLAY_BINS)
+valgrind: deps-valgrind
+	$(MAKE) all tests/check_eevp $(REPLAY_BINS)
 	CK_FORK=no OPENBLAS_NUM_THREADS=1 $(VALGRIND) tests/check_eevp
 	@set -e; for t in $(FUZZ_TARGETS); do \
 	  dirs=""; for d in tests/fuzz/corpus/$$t tests/fuzz/regress/$$t; do \
@@ -250,7 +274,7 @@ ABI_ENV = CC="$(CC)" BLAS_CFLAGS="$(BLAS_CFLAGS)" BLAS_LIBS="$(BLAS_LIBS)"
 abi-dump:
 	$(ABI_ENV) sh tests/abi/abi.sh dump include build/abi/current.dump
 
-abi-check:
+abi-check: deps-abi
 	$(ABI_ENV) sh tests/abi/abi.sh check
 	$(ABI_ENV) sh tests/abi/abi.sh selftest
 
@@ -267,7 +291,7 @@ tests/bench/bench: tests/bench/bench.c include/eevp.h $(wildcard src/*.h) $(STAT
 	$(CC) $(ALL_CFLAGS) -o $@ $< $(STATIC) $(BLAS_LIBS) -lm -pthread
 
 bench-deps:
-	$(MAKE) deps DEB_PACKAGES="$(DEB_PACKAGES) $(BENCH_PACKAGES)"
+	$(MAKE) deps DEB_PACKAGES="$(BUILD_PACKAGES) $(BENCH_PACKAGES)"
 
 # Everything: all shapes, 1 and 2 OpenBLAS threads, the peers, the plots
 # (docs/bench_*.png) and docs/bench_results.txt.  Takes several minutes.
@@ -409,7 +433,7 @@ demo-sweep: tinylm
 # struct's page.
 DOXYGEN ?= doxygen
 
-docs: deps
+docs: deps-docs
 	rm -rf build/docs
 	( cat docs/Doxyfile; echo "PROJECT_NUMBER = $(VERSION)" ) | $(DOXYGEN) - \
 	  || { rm -rf build/docs; exit 1; }
