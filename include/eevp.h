@@ -358,10 +358,14 @@ typedef struct eevp_ctx_options {
      * everything on the calling thread, as before; n in 2 ..
      * EEVP_MAX_THREADS starts n - 1 worker threads at creation (joined by
      * eevp_ctx_free) that take shares of the large projections: the full
-     * projection at the pruning layer for up to 8 hidden states (and for
-     * any number on a half-precision head) and the pruned checks.  Results
-     * do not depend on n >= 2.  The context is still used from one thread
-     * at a time; criteria and the allocator are only called on that thread.
+     * projections of up to 16 hidden states (of any number on a
+     * half-precision head or under EEVP_CTX_BATCH_INVARIANT) and the pruned
+     * checks.  Results do not depend on n: the shares run the same
+     * fixed-order kernel as one thread.  The trade-off at B = 1: one thread
+     * of that kernel beats one OpenBLAS thread of SGEMV, but SGEMV on two
+     * OpenBLAS threads beats it; n_threads = 2 wins that back.  The context
+     * is still used from one thread at a time; criteria and the allocator
+     * are only called on that thread.
      * Not for a context used in a child after fork() (docs/THREADS.md). */
     int32_t n_threads;
     /** Ignored: named so that the 1.1 layout has no tail padding for a
@@ -376,9 +380,23 @@ typedef struct eevp_ctx_options {
  * eevp_ctx_options.flags */
 /** @{ */
 /** Bitwise batch invariance: a sequence's logits, confidences, tokens and exit
- * layers do not depend on what else shares its batch or on its row (every
- * projection is computed per row with a fixed reduction order; slower for
- * batched full projections). */
+ * layers do not depend on what else shares its batch or on its row.
+ *
+ * Bits (since 1.2): every projection the library makes of up to 16 hidden
+ * states, every projection of a half-precision head, and every pruned
+ * check goes through the library's fixed-order kernel, which computes each
+ * (row of W, hidden state) dot product in one order that depends only on
+ * d and the head's kernel set (AVX2/AVX-512 or, with EEVP_HEAD_NO_SIMD or
+ * on other CPUs, portable: a shard and the whole head must use the same
+ * set).  On those paths a row's logit is the same bits whatever B, the
+ * hidden state's row in the batch,
+ * the context's n_threads, and the range of rows the head holds (a head
+ * over rows [r0, r1) of W with vocab_offset r0 gives each of those rows the
+ * bits the whole head gives it); eevp_head_logits follows the same rule.
+ * Without this flag only fp32 full projections of more than 16 hidden
+ * states use SGEMM, whose rounding depends on the batch (within the bound
+ * of docs/METHOD.md); with it they stay on the fixed-order kernel too
+ * (slower for large batches). */
 #define EEVP_CTX_BATCH_INVARIANT 1u
 /** Exact-token exits: on a pruned exit, compute the full head once at the
  * exit layer and emit its argmax (the exit decision stays the pruned one;

@@ -336,21 +336,23 @@ int eevpi_head_norm(const eevp_head *h, const float *x, float *out)
     return EEVP_OK;
 }
 
+/* The kernel rule, fixed and never timed (a choice by timing would make the
+ * bits depend on the machine's load): every half-precision head and every
+ * projection of 1..EEVPI_FIXED_MAX rows goes through the head's fixed-order
+ * kernel, which reads W once for all rows, beats SGEMV single-threaded at
+ * B = 1 and gives a row the same bits whatever the batch or the rows the
+ * head holds; only fp32 batches of more than EEVPI_FIXED_MAX rows go to
+ * SGEMM (batch invariance keeps them on the fixed kernel too:
+ * eevpi_head_project_pool). */
 void eevpi_head_project(const eevp_head *h, int32_t n, const float *xn, float *z, int64_t ldz)
 {
     int32_t r;
-    /* Half-precision heads have only the library's kernels; for 2..8 fp32
-     * rows they read W once where SGEMM would pack (copy) it first. */
-    if (h->wtype != EEVP_WEIGHT_F32 || (n > 1 && n <= EEVPI_MULTI_MAX)) {
+    if (h->wtype != EEVP_WEIGHT_F32 || n <= EEVPI_FIXED_MAX) {
         eevpi_head_project_inv(h, n, xn, z, ldz);
         return;
     }
-    if (n == 1)
-        cblas_sgemv(CblasRowMajor, CblasNoTrans, (int)h->V, (int)h->d, 1.0f, h->W,
-                    (int)h->stride, xn, 1, 0.0f, z, 1);
-    else
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, (int)h->V, (int)h->d, 1.0f,
-                    xn, (int)h->d, h->W, (int)h->stride, 0.0f, z, (int)ldz);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, (int)h->V, (int)h->d, 1.0f, xn,
+                (int)h->d, h->W, (int)h->stride, 0.0f, z, (int)ldz);
     for (r = 0; r < n; r++)
         eevpi_head_transform(h, z + r * ldz, h->V, h->bias);
 }
@@ -377,15 +379,13 @@ void eevpi_head_project_pool(const eevp_head *h, eevpi_pool *pool, int32_t n, co
     const int64_t bytes = h->V * h->d * (h->wtype == EEVP_WEIGHT_F32 ? 4 : 2);
     proj_job j;
     if (eevpi_pool_parts(pool, bytes) < 2 ||
-        (!fixed && h->wtype == EEVP_WEIGHT_F32 && n > EEVPI_MULTI_MAX)) {
-        if (!fixed || h->wtype != EEVP_WEIGHT_F32) {
+        (!fixed && h->wtype == EEVP_WEIGHT_F32 && n > EEVPI_FIXED_MAX)) {
+        /* Batch invariance without threads: the fixed-order kernel for any
+         * number of rows (W read once per 16 of them). */
+        if (fixed)
+            eevpi_head_project_inv(h, n, xn, z, ldz);
+        else
             eevpi_head_project(h, n, xn, z, ldz);
-        } else {
-            /* Batch invariance without threads: one SGEMV per row. */
-            int32_t r;
-            for (r = 0; r < n; r++)
-                eevpi_head_project(h, 1, xn + r * h->d, z + r * ldz, ldz);
-        }
         return;
     }
     j.h = h;

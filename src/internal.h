@@ -280,10 +280,13 @@ float eevpi_bf16_to_f32(uint16_t h);
 uint16_t eevpi_f32_to_bf16(float f);
 
 /* Full logits (dot + transform) for n normalised rows with the head's own
- * fixed-order kernel, whatever n (W read once): the batch-invariant full
- * projection.  eevpi_head_project uses it for n <= EEVPI_MULTI_MAX and for
- * every half-precision head. */
+ * fixed-order kernel, whatever n (W read once per 16 rows): the
+ * batch-invariant full projection.  eevpi_head_project uses it for
+ * n <= EEVPI_FIXED_MAX and for every half-precision head.  Up to 16 rows it
+ * is faster than SGEMM single-threaded (67 against 139 ms at B = 16,
+ * 32000 x 4096, docs/bench_results.txt), which packs W before use. */
 #define EEVPI_MULTI_MAX 8
+#define EEVPI_FIXED_MAX 16
 void eevpi_head_project_inv(const eevp_head *h, int32_t n, const float *xn, float *z,
                             int64_t ldz);
 /* The same for local rows [r0, r1) only: z[r * ldz + v], r0 <= v < r1. */
@@ -292,9 +295,8 @@ void eevpi_head_project_range(const eevp_head *h, int64_t r0, int64_t r1, int32_
 /* Full logits with a context's worker threads: the fixed-order kernel split
  * by rows when the pool is worth waking, the same bits whatever the number
  * of parts; otherwise (pool NULL or a small head) eevpi_head_project.  fp32
- * with more than EEVPI_MULTI_MAX rows stays on SGEMM unless `fixed` (batch
- * invariance): then every row's logits are computed as the row's alone
- * would be (the pool's kernel, or one SGEMV per row without it). */
+ * with more than EEVPI_FIXED_MAX rows stays on SGEMM unless `fixed` (batch
+ * invariance): then the fixed-order kernel, with or without the pool. */
 void eevpi_head_project_pool(const eevp_head *h, eevpi_pool *pool, int32_t n, const float *xn,
                              float *z, int64_t ldz, int fixed);
 

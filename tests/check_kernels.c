@@ -302,6 +302,108 @@ START_TEST(test_logits_batch_consistent)
 }
 END_TEST
 
+/* The fixed-order rule (eevp.h, "Bits"): for up to 16 hidden states, a row's
+ * logits are bitwise the same alone, at any row of a batch, and through a
+ * head holding only a range of the rows (a vocabulary shard), for every
+ * storage type.  Batches of 1..16 rows drawn in shuffled order. */
+START_TEST(test_logits_invariant)
+{
+    static const int32_t wtypes[] = { EEVP_WEIGHT_F32, EEVP_WEIGHT_F16, EEVP_WEIGHT_BF16 };
+    const int32_t wtype = wtypes[_i % 3];
+    const int64_t V = 517, d = _i < 3 ? 131 : 4096, r0 = 133, r1 = 390;
+    const int32_t N = 16;
+    uint32_t seed = 4242u + (uint32_t)_i;
+    float *W = malloc((size_t)(V * d) * sizeof(float));
+    uint16_t *W16 = malloc((size_t)(V * d) * sizeof(uint16_t));
+    float *bias = malloc((size_t)V * sizeof(float));
+    float *hid = malloc((size_t)(N * d) * sizeof(float));
+    float *xb = malloc((size_t)(N * d) * sizeof(float));
+    float *alone = malloc((size_t)(N * V) * sizeof(float));
+    float *zb = malloc((size_t)(N * V) * sizeof(float));
+    float *zs = malloc((size_t)(N * V) * sizeof(float));
+    eevp_head *full = NULL, *shard = NULL;
+    eevp_head_options o = EEVP_HEAD_OPTIONS_INIT;
+    char msg[256] = "";
+    void *work;
+    int32_t n, r, order[16];
+    int64_t v;
+
+    ck_assert(W && W16 && bias && hid && xb && alone && zb && zs);
+    fill_random(W, V * d, &seed, -1.0f, 1.0f);
+    fill_random(bias, V, &seed, -2.0f, 2.0f);
+    fill_random(hid, N * d, &seed, -3.0f, 3.0f);
+    for (v = 0; v < V * d; v++) {
+        /* Any bit pattern of the right range is valid storage: bf16 by
+         * truncating the float, fp16 from random sign, exponent, mantissa. */
+        uint32_t u, e = 10u + ref_rand_u32(&seed) % 8u;
+        memcpy(&u, &W[v], sizeof u);
+        W16[v] = wtype == EEVP_WEIGHT_BF16
+                     ? (uint16_t)(u >> 16)
+                     : (uint16_t)((ref_rand_u32(&seed) & 0x8000u) | (e << 10) |
+                                  (ref_rand_u32(&seed) & 0x3ffu));
+    }
+    o.n_vocab = V;
+    o.dim = d;
+    o.weight_type = wtype;
+    if (wtype == EEVP_WEIGHT_F32)
+        o.weights = W;
+    else
+        o.weights_half = W16;
+    o.vocab_offset = 1000;
+    o.norm = EEVP_NORM_RMS;
+    o.logit_bias = bias;
+    o.softcap = _i % 2 ? 30.0f : 0.0f;
+    EXPECT(eevp_head_create(&full, &o, msg, sizeof msg) == EEVP_OK, "full head: %s", msg);
+    /* The shard: rows r0 .. r1-1 of the same W, their own ids and biases. */
+    o.n_vocab = r1 - r0;
+    if (wtype == EEVP_WEIGHT_F32)
+        o.weights = W + r0 * d;
+    else
+        o.weights_half = W16 + r0 * d;
+    o.vocab_offset = 1000 + r0;
+    o.logit_bias = bias + r0;
+    EXPECT(eevp_head_create(&shard, &o, msg, sizeof msg) == EEVP_OK, "shard head: %s", msg);
+    work = malloc((size_t)eevp_head_workspace_size(full, N));
+    ck_assert_ptr_nonnull(work);
+    for (r = 0; r < N; r++)
+        ck_assert_int_eq(eevp_head_logits(full, 1, hid + r * d, d, alone + r * V, V, work),
+                         EEVP_OK);
+    for (n = 1; n <= N; n++) {
+        for (r = 0; r < N; r++)
+            order[r] = r;
+        for (r = N - 1; r > 0; r--) {
+            int32_t j = (int32_t)(ref_rand_u32(&seed) % (uint32_t)(r + 1)), t = order[r];
+            order[r] = order[j];
+            order[j] = t;
+        }
+        for (r = 0; r < n; r++)
+            memcpy(xb + r * d, hid + order[r] * d, (size_t)d * sizeof(float));
+        ck_assert_int_eq(eevp_head_logits(full, n, xb, d, zb, V, work), EEVP_OK);
+        ck_assert_int_eq(eevp_head_logits(shard, n, xb, d, zs, r1 - r0, work), EEVP_OK);
+        for (r = 0; r < n; r++) {
+            const float *a = alone + order[r] * V;
+            EXPECT(memcmp(zb + r * V, a, (size_t)V * sizeof(float)) == 0,
+                   "wtype %d d %lld: row %d differs at position %d of a batch of %d",
+                   (int)wtype, (long long)d, order[r], r, n);
+            EXPECT(memcmp(zs + r * (r1 - r0), a + r0, (size_t)(r1 - r0) * sizeof(float)) == 0,
+                   "wtype %d d %lld: row %d differs through the shard [%lld, %lld), batch %d",
+                   (int)wtype, (long long)d, order[r], (long long)r0, (long long)r1, n);
+        }
+    }
+    eevp_head_free(full);
+    eevp_head_free(shard);
+    free(W);
+    free(W16);
+    free(bias);
+    free(hid);
+    free(xb);
+    free(alone);
+    free(zb);
+    free(zs);
+    free(work);
+}
+END_TEST
+
 /* One head, several threads computing at once (run it under TSan too). */
 typedef struct thr_arg {
     const eevp_head *h;
@@ -1024,6 +1126,7 @@ Suite *make_kernels_suite(void)
     tcase_add_loop_test(tc, test_logits, 0, N_SHAPES);
     tcase_add_loop_test(tc, test_logits_batch_consistent, 0, N_SHAPES);
     tcase_add_test(tc, test_logits_threads);
+    tcase_add_loop_test(tc, test_logits_invariant, 0, 6);
     tcase_add_loop_test(tc, test_logits_nonfinite, 0, 9);
     suite_add_tcase(s, tc);
 

@@ -132,6 +132,7 @@ def ratios(R, t):
         b16 = g("llama2", "ov80_union" if pick80 else "ov80_each")
     return [
         ("prune_step_overhead", ratio(g("llama2", "prune_step_b1"), g("llama2", "blas_full_b1"))),
+        ("lib_full_b1_vs_sgemv", ratio(g("llama2", "lib_full_b1"), g("llama2", "blas_full_b1"))),
         ("pruned_vs_full_check_32k", ratio(g("llama2", "check_full_cold"), g("llama2", "check_k256_cold"))),
         ("pruned_vs_full_check_128k", ratio(g("llama3", "check_full_cold"), g("llama3", "check_k256_cold"))),
         ("token_cost_vs_one_full", ratio(g("llama2", "token_b1"), g("llama2", "blas_full_b1"))),
