@@ -376,8 +376,9 @@ uninstall-python:
 TINYLM_DEB_PACKAGES := libsentencepiece-dev libjansson-dev wordnet-base
 TINYLM_PY := /usr/bin/python3
 CXX ?= c++
-TINYLM_SRCS := examples/tinylm/tinylm.c examples/tinylm/ckpt.c examples/tinylm/llama.c \
-  examples/tinylm/text.c
+TINYLM_SRCS := examples/tinylm/main.c examples/tinylm/decode.c examples/tinylm/eval.c \
+  examples/tinylm/demo.c examples/tinylm/measure.c examples/tinylm/batchtest.c \
+  examples/tinylm/ckpt.c examples/tinylm/llama.c examples/tinylm/text.c
 TINYLM_OBJS := $(patsubst examples/tinylm/%.c,build/tinylm/%.o,$(TINYLM_SRCS)) \
   build/tinylm/tok.o
 TINYLM_CFLAGS = $(ALL_CFLAGS) $(shell $(PKG_CONFIG) --cflags jansson 2>/dev/null)
@@ -389,7 +390,7 @@ TINYLM_LIBS = $(shell $(PKG_CONFIG) --libs jansson 2>/dev/null || echo -ljansson
 build/tinylm:
 	mkdir -p $@
 
-build/tinylm/%.o: examples/tinylm/%.c examples/tinylm/tinylm.h include/eevp.h | build/tinylm
+build/tinylm/%.o: examples/tinylm/%.c examples/tinylm/tinylm.h examples/tinylm/runtime.h include/eevp.h | build/tinylm
 	$(CC) $(TINYLM_CFLAGS) -c $< -o $@
 
 build/tinylm/tok.o: examples/tinylm/tok.cc examples/tinylm/tinylm.h | build/tinylm
@@ -405,11 +406,13 @@ tinylm-train:
 	$(TINYLM_PY) examples/tinylm/train/train.py --out examples/tinylm/model
 
 # Checkpoint-reader tests (corrupt, truncated, mismatched files), the PyTorch
-# cross-check, and a quick run of the three modes.
+# cross-check (batched prefill included), the runtime's batch-invariance
+# test, and a quick run of the three modes.
 check-tinylm: tinylm
 	$(TINYLM_PY) examples/tinylm/test/test_ckpt.py
 	$(TINYLM_PY) examples/tinylm/test/test_text.py
 	$(TINYLM_PY) examples/tinylm/test/verify_torch.py
+	examples/tinylm/tinylm check-batch
 	examples/tinylm/tinylm generate --max-new 12 "violin:" "river:"
 
 demo-tinylm: tinylm

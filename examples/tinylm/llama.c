@@ -1,13 +1,22 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * llama.c - one token at a time through a Llama-architecture decoder, fp32:
- * RMSNorm, rotary embeddings in the Hugging Face layout (rotate_half: pairs
- * (i, i + head_dim/2)), grouped-query attention over a KV cache, SwiGLU.
- * Matrix-vector products go through OpenBLAS's SGEMV.
+ * llama.c - a Llama-architecture decoder, fp32: RMSNorm, rotary embeddings
+ * in the Hugging Face layout (rotate_half: pairs (i, i + head_dim/2)),
+ * grouped-query attention over a KV cache, SwiGLU; one position or a batch of
+ * consecutive positions at a time (causal attention inside the batch).
+ *
+ * Batch invariance: a position gets the same bits alone or inside any batch.
+ * Every matrix product goes through libeevp's fixed-order kernel (each
+ * weight matrix wrapped as an eevp_head without norm, eevp_head_logits in
+ * chunks of at most 16 rows, the range in which the library guarantees the
+ * bits do not depend on the batch; the weights are borrowed, not copied);
+ * norms, rotary embeddings and attention run per position with the same
+ * code whatever the batch.  docs/TINYLM.md gives the cost against SGEMV and
+ * SGEMM.
  */
 #include "tinylm.h"
 
-#include <cblas.h>
+#include <eevp.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,12 +26,47 @@ static int64_t kv_dim(const tl_config *c)
     return (int64_t)c->n_kv_heads * c->head_dim;
 }
 
+/* Rows per eevp_head_logits call: the library's batch-invariant range. */
+#define MM_ROWS 16
+
+enum { MM_Q, MM_K, MM_V, MM_O, MM_GATE, MM_UP, MM_DOWN, MM_N };
+
+/* A weight matrix (rows x cols, row-major) as a norm-less eevp_head. */
+static eevp_head *mm_head(const float *w, int64_t rows, int64_t cols)
+{
+    eevp_head_options o = EEVP_HEAD_OPTIONS_INIT;
+    eevp_head *h = NULL;
+    char msg[256];
+    o.n_vocab = rows;
+    o.dim = cols;
+    o.weights = w;
+    o.norm = EEVP_NORM_NONE;
+    return eevp_head_create(&h, &o, msg, sizeof msg) == EEVP_OK ? h : NULL;
+}
+
+/* y[i*ldy + r] = W_r . x_i for n rows of x: chunks of MM_ROWS rows, each
+ * row's bits independent of n.  Returns 0, or -1 on a non-finite input. */
+static int matmul(tl_state *s, int32_t which, int32_t l, int32_t n, const float *x,
+                  int64_t ldx, float *y, int64_t ldy)
+{
+    eevp_head *h = s->mm[(size_t)l * MM_N + (size_t)which];
+    int32_t i;
+    for (i = 0; i < n; i += MM_ROWS) {
+        int32_t m = n - i < MM_ROWS ? n - i : MM_ROWS;
+        if (eevp_head_logits(h, m, x + (size_t)i * (size_t)ldx, ldx, y + (size_t)i * (size_t)ldy,
+                             ldy, s->mm_work) != EEVP_OK)
+            return -1;
+    }
+    return 0;
+}
+
 int tl_state_init(tl_state *s, const tl_model *m, int32_t max_seq)
 {
     const tl_config *c = &m->cfg;
     size_t kvn = (size_t)c->n_layers * (size_t)max_seq * (size_t)kv_dim(c);
-    int64_t qd = (int64_t)c->n_heads * c->head_dim;
-    int32_t p, i, half = c->head_dim / 2;
+    const size_t B = TL_MAX_BATCH, d = (size_t)c->hidden_size, ff = (size_t)c->intermediate_size;
+    int64_t qd = (int64_t)c->n_heads * c->head_dim, ws = 0;
+    int32_t p, i, l, half = c->head_dim / 2;
 
     memset(s, 0, sizeof *s);
     s->m = m;
@@ -31,17 +75,45 @@ int tl_state_init(tl_state *s, const tl_model *m, int32_t max_seq)
     s->vcache = calloc(kvn, sizeof(float));
     s->rope_cos = malloc((size_t)max_seq * (size_t)half * sizeof(float));
     s->rope_sin = malloc((size_t)max_seq * (size_t)half * sizeof(float));
-    s->xn = malloc((size_t)c->hidden_size * sizeof(float));
-    s->q = malloc((size_t)qd * sizeof(float));
-    s->k = malloc((size_t)kv_dim(c) * sizeof(float));
-    s->v = malloc((size_t)kv_dim(c) * sizeof(float));
-    s->att = malloc((size_t)qd * sizeof(float));
+    s->xn = malloc(B * d * sizeof(float));
+    s->q = malloc(B * (size_t)qd * sizeof(float));
+    s->k = malloc(B * (size_t)kv_dim(c) * sizeof(float));
+    s->v = malloc(B * (size_t)kv_dim(c) * sizeof(float));
+    s->att = malloc(B * (size_t)qd * sizeof(float));
     s->scores = malloc((size_t)max_seq * sizeof(float));
-    s->hb = malloc((size_t)c->intermediate_size * sizeof(float));
-    s->hb2 = malloc((size_t)c->intermediate_size * sizeof(float));
-    s->tmp = malloc((size_t)c->hidden_size * sizeof(float));
+    s->hb = malloc(B * ff * sizeof(float));
+    s->hb2 = malloc(B * ff * sizeof(float));
+    s->tmp = malloc(B * d * sizeof(float));
+    s->xb = malloc(B * d * sizeof(float));
+    s->mm = calloc((size_t)c->n_layers * MM_N, sizeof *s->mm);
     if (!s->kcache || !s->vcache || !s->rope_cos || !s->rope_sin || !s->xn || !s->q ||
-        !s->k || !s->v || !s->att || !s->scores || !s->hb || !s->hb2 || !s->tmp) {
+        !s->k || !s->v || !s->att || !s->scores || !s->hb || !s->hb2 || !s->tmp || !s->xb ||
+        !s->mm) {
+        tl_state_free(s);
+        return -1;
+    }
+    for (l = 0; l < c->n_layers; l++) {
+        const tl_layer *L = &m->layers[l];
+        eevp_head **h = s->mm + (size_t)l * MM_N;
+        h[MM_Q] = mm_head(L->wq, qd, c->hidden_size);
+        h[MM_K] = mm_head(L->wk, kv_dim(c), c->hidden_size);
+        h[MM_V] = mm_head(L->wv, kv_dim(c), c->hidden_size);
+        h[MM_O] = mm_head(L->wo, c->hidden_size, qd);
+        h[MM_GATE] = mm_head(L->w_gate, c->intermediate_size, c->hidden_size);
+        h[MM_UP] = mm_head(L->w_up, c->intermediate_size, c->hidden_size);
+        h[MM_DOWN] = mm_head(L->w_down, c->hidden_size, c->intermediate_size);
+        for (i = 0; i < MM_N; i++) {
+            int64_t w = h[i] ? eevp_head_workspace_size(h[i], MM_ROWS) : -1;
+            if (w < 0) {
+                tl_state_free(s);
+                return -1;
+            }
+            if (w > ws)
+                ws = w;
+        }
+    }
+    if (posix_memalign(&s->mm_work, 64, (size_t)ws) != 0) {
+        s->mm_work = NULL;
         tl_state_free(s);
         return -1;
     }
@@ -58,6 +130,13 @@ int tl_state_init(tl_state *s, const tl_model *m, int32_t max_seq)
 
 void tl_state_free(tl_state *s)
 {
+    size_t i;
+    if (s->mm != NULL && s->m != NULL)
+        for (i = 0; i < (size_t)s->m->cfg.n_layers * MM_N; i++)
+            eevp_head_free(s->mm[i]);
+    free(s->mm);
+    free(s->mm_work);
+    free(s->xb);
     free(s->kcache);
     free(s->vcache);
     free(s->rope_cos);
@@ -93,13 +172,6 @@ static void rmsnorm(float *out, const float *x, const float *w, int32_t n, float
         out[i] = x[i] * r * w[i];
 }
 
-/* y = W x, W rows x cols row-major */
-static void matvec(float *y, const float *w, const float *x, int64_t rows, int64_t cols)
-{
-    cblas_sgemv(CblasRowMajor, CblasNoTrans, (blasint)rows, (blasint)cols, 1.0f, w,
-                (blasint)cols, x, 1, 0.0f, y, 1);
-}
-
 static void rope(float *v, int32_t n_heads, int32_t hd, const float *cs, const float *sn)
 {
     int32_t h, i, half = hd / 2;
@@ -128,46 +200,56 @@ const float *tl_cache_v(const tl_state *s, int32_t l, int32_t pos)
     return cache_row(s->vcache, s, l, pos);
 }
 
-/* K/V of layer l for the normalised input s->xn, stored at pos. */
-static void store_kv(tl_state *s, int32_t l, int32_t pos)
+/* K/V of layer l for n normalised inputs s->xn (rows d apart), stored at
+ * pos0 .. pos0 + n - 1. */
+static int store_kv(tl_state *s, int32_t l, int32_t pos0, int32_t n)
 {
     const tl_config *c = &s->m->cfg;
-    const tl_layer *L = &s->m->layers[l];
-    int32_t half = c->head_dim / 2;
-    float *kr = cache_row(s->kcache, s, l, pos), *vr = cache_row(s->vcache, s, l, pos);
-    matvec(kr, L->wk, s->xn, kv_dim(c), c->hidden_size);
-    matvec(vr, L->wv, s->xn, kv_dim(c), c->hidden_size);
-    rope(kr, c->n_kv_heads, c->head_dim, s->rope_cos + (size_t)pos * half,
-         s->rope_sin + (size_t)pos * half);
+    const int64_t kvd = kv_dim(c), d = c->hidden_size;
+    int32_t half = c->head_dim / 2, i;
+    if (matmul(s, MM_K, l, n, s->xn, d, s->k, kvd) != 0 ||
+        matmul(s, MM_V, l, n, s->xn, d, s->v, kvd) != 0)
+        return -1;
+    for (i = 0; i < n; i++) {
+        const int32_t pos = pos0 + i;
+        float *kr = cache_row(s->kcache, s, l, pos), *vr = cache_row(s->vcache, s, l, pos);
+        memcpy(kr, s->k + (size_t)i * (size_t)kvd, (size_t)kvd * sizeof(float));
+        memcpy(vr, s->v + (size_t)i * (size_t)kvd, (size_t)kvd * sizeof(float));
+        rope(kr, c->n_kv_heads, c->head_dim, s->rope_cos + (size_t)pos * half,
+             s->rope_sin + (size_t)pos * half);
+    }
+    return 0;
 }
 
-void tl_layer_kv_only(tl_state *s, int32_t l, int32_t pos, const float *x)
+int tl_layer_kv_only_batch(tl_state *s, int32_t l, int32_t pos0, int32_t n, const float *x,
+                           int64_t ldx)
 {
     const tl_config *c = &s->m->cfg;
-    rmsnorm(s->xn, x, s->m->layers[l].attn_norm, c->hidden_size, c->rms_eps);
-    store_kv(s, l, pos);
+    int32_t i;
+    if (n < 1 || n > TL_MAX_BATCH || pos0 < 0 || pos0 + n > s->max_seq)
+        return -1;
+    for (i = 0; i < n; i++)
+        rmsnorm(s->xn + (size_t)i * (size_t)c->hidden_size, x + (size_t)i * (size_t)ldx,
+                s->m->layers[l].attn_norm, c->hidden_size, c->rms_eps);
+    return store_kv(s, l, pos0, n);
 }
 
-void tl_layer_forward(tl_state *s, int32_t l, int32_t pos, float *x)
+int tl_layer_kv_only(tl_state *s, int32_t l, int32_t pos, const float *x)
+{
+    return tl_layer_kv_only_batch(s, l, pos, 1, x, s->m->cfg.hidden_size);
+}
+
+/* Attention of one query row (position pos) over the cache rows 0 .. pos. */
+static void attend(tl_state *s, int32_t l, int32_t pos, const float *q, float *att)
 {
     const tl_config *c = &s->m->cfg;
-    const tl_layer *L = &s->m->layers[l];
-    int32_t d = c->hidden_size, hd = c->head_dim, half = hd / 2;
-    int32_t group = c->n_heads / c->n_kv_heads, h, t, i;
-    int64_t qd = (int64_t)c->n_heads * hd;
+    int32_t hd = c->head_dim, group = c->n_heads / c->n_kv_heads, h, t, i;
     float scale = 1.0f / sqrtf((float)hd);
-
-    rmsnorm(s->xn, x, L->attn_norm, d, c->rms_eps);
-    matvec(s->q, L->wq, s->xn, qd, d);
-    rope(s->q, c->n_heads, hd, s->rope_cos + (size_t)pos * half,
-         s->rope_sin + (size_t)pos * half);
-    store_kv(s, l, pos);
-
     for (h = 0; h < c->n_heads; h++) {
-        const float *qh = s->q + (size_t)h * hd;
+        const float *qh = q + (size_t)h * hd;
         size_t koff = (size_t)(h / group) * hd;
         float mx = -INFINITY, sum = 0;
-        float *out = s->att + (size_t)h * hd;
+        float *out = att + (size_t)h * hd;
         for (t = 0; t <= pos; t++) {
             const float *kr = cache_row(s->kcache, s, l, t) + koff;
             float dot = 0;
@@ -189,18 +271,78 @@ void tl_layer_forward(tl_state *s, int32_t l, int32_t pos, float *x)
                 out[i] += a * vr[i];
         }
     }
-    matvec(s->tmp, L->wo, s->att, d, qd);
-    for (i = 0; i < d; i++)
-        x[i] += s->tmp[i];
+}
 
-    rmsnorm(s->xn, x, L->ffn_norm, d, c->rms_eps);
-    matvec(s->hb, L->w_gate, s->xn, c->intermediate_size, d);
-    matvec(s->hb2, L->w_up, s->xn, c->intermediate_size, d);
-    for (i = 0; i < c->intermediate_size; i++) {
-        float g = s->hb[i];
-        s->hb[i] = g / (1.0f + expf(-g)) * s->hb2[i];
+int tl_layer_forward_batch(tl_state *s, int32_t l, int32_t pos0, int32_t n, float *x,
+                           int64_t ldx)
+{
+    const tl_config *c = &s->m->cfg;
+    const tl_layer *L = &s->m->layers[l];
+    const int64_t d = c->hidden_size, ff = c->intermediate_size;
+    const int64_t qd = (int64_t)c->n_heads * c->head_dim;
+    int32_t half = c->head_dim / 2, i;
+    int64_t j;
+
+    if (n < 1 || n > TL_MAX_BATCH || pos0 < 0 || pos0 + n > s->max_seq)
+        return -1;
+    for (i = 0; i < n; i++)
+        rmsnorm(s->xn + (size_t)i * (size_t)d, x + (size_t)i * (size_t)ldx, L->attn_norm,
+                (int32_t)d, c->rms_eps);
+    if (matmul(s, MM_Q, l, n, s->xn, d, s->q, qd) != 0 || store_kv(s, l, pos0, n) != 0)
+        return -1;
+    /* Causal attention inside the batch: row i sees the cache up to its
+     * own position, which store_kv has just filled for the whole batch. */
+    for (i = 0; i < n; i++) {
+        float *q = s->q + (size_t)i * (size_t)qd;
+        rope(q, c->n_heads, c->head_dim, s->rope_cos + (size_t)(pos0 + i) * half,
+             s->rope_sin + (size_t)(pos0 + i) * half);
+        attend(s, l, pos0 + i, q, s->att + (size_t)i * (size_t)qd);
     }
-    matvec(s->tmp, L->w_down, s->hb, d, c->intermediate_size);
-    for (i = 0; i < d; i++)
-        x[i] += s->tmp[i];
+    if (matmul(s, MM_O, l, n, s->att, qd, s->tmp, d) != 0)
+        return -1;
+    for (i = 0; i < n; i++)
+        for (j = 0; j < d; j++)
+            x[(size_t)i * (size_t)ldx + (size_t)j] += s->tmp[(size_t)i * (size_t)d + (size_t)j];
+
+    for (i = 0; i < n; i++)
+        rmsnorm(s->xn + (size_t)i * (size_t)d, x + (size_t)i * (size_t)ldx, L->ffn_norm,
+                (int32_t)d, c->rms_eps);
+    if (matmul(s, MM_GATE, l, n, s->xn, d, s->hb, ff) != 0 ||
+        matmul(s, MM_UP, l, n, s->xn, d, s->hb2, ff) != 0)
+        return -1;
+    for (j = 0; j < (int64_t)n * ff; j++) {
+        float g = s->hb[j];
+        s->hb[j] = g / (1.0f + expf(-g)) * s->hb2[j];
+    }
+    if (matmul(s, MM_DOWN, l, n, s->hb, ff, s->tmp, d) != 0)
+        return -1;
+    for (i = 0; i < n; i++)
+        for (j = 0; j < d; j++)
+            x[(size_t)i * (size_t)ldx + (size_t)j] += s->tmp[(size_t)i * (size_t)d + (size_t)j];
+    return 0;
+}
+
+int tl_layer_forward(tl_state *s, int32_t l, int32_t pos, float *x)
+{
+    return tl_layer_forward_batch(s, l, pos, 1, x, s->m->cfg.hidden_size);
+}
+
+int tl_prefill(tl_state *s, const int32_t *ids, int32_t pos0, int32_t n, float *x_last)
+{
+    const int32_t d = s->m->cfg.hidden_size;
+    int32_t i0, i, l;
+    for (i0 = 0; i0 < n; i0 += TL_MAX_BATCH) {
+        const int32_t m = n - i0 < TL_MAX_BATCH ? n - i0 : TL_MAX_BATCH;
+        for (i = 0; i < m; i++) {
+            if (ids[i0 + i] < 0 || ids[i0 + i] >= s->m->cfg.vocab_size)
+                return -1;
+            tl_embed(s, ids[i0 + i], s->xb + (size_t)i * (size_t)d);
+        }
+        for (l = 0; l < s->m->cfg.n_layers; l++)
+            if (tl_layer_forward_batch(s, l, pos0 + i0, m, s->xb, d) != 0)
+                return -1;
+        if (i0 + m == n && x_last != NULL)
+            memcpy(x_last, s->xb + (size_t)(m - 1) * (size_t)d, (size_t)d * sizeof(float));
+    }
+    return 0;
 }

@@ -58,24 +58,60 @@ int tl_safetensors_list(const char *path, char *msg, size_t msg_size);
 
 /* ---- forward pass (llama.c) --------------------------------------------- */
 
+/* Largest batch of positions one layer call takes (prefill chunks). */
+#define TL_MAX_BATCH 128
+
+struct eevp_head;
+
 typedef struct tl_state {
     const tl_model *m;
     int32_t max_seq;
     float *kcache, *vcache;  /* [layer][pos][n_kv_heads*head_dim] */
     float *rope_cos, *rope_sin; /* [pos][head_dim/2] */
-    float *xn, *q, *k, *v, *att, *scores, *hb, *hb2, *tmp;
+    /* per-position scratch, TL_MAX_BATCH rows each */
+    float *xn, *q, *k, *v, *att, *scores, *hb, *hb2, *tmp, *xb;
+    struct eevp_head **mm;   /* [layer][7]: the weight matrices as libeevp heads */
+    void *mm_work;
 } tl_state;
 
 int tl_state_init(tl_state *s, const tl_model *m, int32_t max_seq);
 void tl_state_free(tl_state *s);
 /* x = embedding of token */
 void tl_embed(const tl_state *s, int32_t token, float *x);
-/* Run layer l on the residual stream x (d floats) of the token at pos,
- * storing its K/V in the cache. */
-void tl_layer_forward(tl_state *s, int32_t l, int32_t pos, float *x);
-/* State propagation: layer l computes only its K/V for the token at pos,
- * taking x (the exit hidden state) as its input. */
-void tl_layer_kv_only(tl_state *s, int32_t l, int32_t pos, const float *x);
+/* Run layer l on the residual streams x (n rows of d floats, ldx apart) of
+ * the tokens at positions pos0 .. pos0 + n - 1 (1 <= n <= TL_MAX_BATCH),
+ * storing their K/V in the cache; attention is causal inside the batch.  A
+ * position's results are bitwise the same whatever n (batch invariance).
+ * 0, or -1 for a bad range or a non-finite state. */
+int tl_layer_forward_batch(tl_state *s, int32_t l, int32_t pos0, int32_t n, float *x,
+                           int64_t ldx);
+/* The same for one token at pos. */
+int tl_layer_forward(tl_state *s, int32_t l, int32_t pos, float *x);
+/* State propagation: layer l computes only its K/V for the tokens at
+ * pos0 .. pos0 + n - 1, taking x (their exit hidden states) as its input. */
+int tl_layer_kv_only_batch(tl_state *s, int32_t l, int32_t pos0, int32_t n, const float *x,
+                           int64_t ldx);
+int tl_layer_kv_only(tl_state *s, int32_t l, int32_t pos, const float *x);
+/* Batched prefill: the n tokens ids[] at positions pos0 .. pos0 + n - 1 go
+ * through every layer together, in chunks of TL_MAX_BATCH positions; x_last
+ * (d floats, may be NULL) receives the last position's final hidden state
+ * (before the final norm).  0, or -1 on a bad id, range or state. */
+int tl_prefill(tl_state *s, const int32_t *ids, int32_t pos0, int32_t n, float *x_last);
+/* The batch-invariance test (batchtest.c): 0 when every position's hidden
+ * states, K/V and logits (through lm, the model's libeevp head) are bitwise
+ * equal alone and in batches of 2..16 and a prefill; 1 (and FAIL lines)
+ * otherwise. */
+int tl_check_batch(const tl_model *m, struct eevp_head *lm);
+/* Measurements (measure.c).  Prefill: n_prompts prompts of len tokens
+ * (ids, one after the other), each prefilled position by position through
+ * tl_layer_forward and in one tl_prefill, interleaved; the median times in
+ * ms.  Matmul: every weight matrix of every layer, the runtime's
+ * fixed-order products over OpenBLAS's at B = 1 (SGEMV) and at B = batch
+ * (SGEMM), medians of interleaved repetitions.  0, or -1. */
+int tl_measure_prefill(const tl_model *m, const int32_t *ids, int32_t n_prompts, int32_t len,
+                       double *ms_seq, double *ms_batch);
+int tl_measure_matmul(const tl_model *m, int32_t batch, double *fixed_vs_sgemv_b1,
+                      double *fixed_vs_sgemm_bn);
 /* K or V cache row of layer l at pos (n_kv_heads*head_dim floats). */
 const float *tl_cache_k(const tl_state *s, int32_t l, int32_t pos);
 const float *tl_cache_v(const tl_state *s, int32_t l, int32_t pos);

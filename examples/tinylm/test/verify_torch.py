@@ -8,7 +8,10 @@ independent implementation, not a port of the C code) and compares:
   2. the greedy continuation (identical tokens);
   3. for a token that exits early, the exit hidden state against PyTorch's
      hidden state at that layer, and the K/V the runtime propagated into each
-     skipped layer against PyTorch's projections of the exit hidden state.
+     skipped layer against PyTorch's projections of the exit hidden state;
+  4. the batched prefill (every prompt position through each layer
+     together): its logits at every position and the K/V it stored at every
+     layer and position, against PyTorch's full-depth pass.
 
     /usr/bin/python3 examples/tinylm/test/verify_torch.py [--model DIR]
 
@@ -116,6 +119,26 @@ def main():
               f"(bound 1e-4)")
         check("propagated K differs from the full-depth K", distinct > 1e-3,
               f"layer {L - 1}: max abs diff {distinct:.2e} between propagated and full-depth K")
+
+        pf = dump["prefill"]
+        p_logits = torch.tensor(pf["logits"])
+        dp = (ref - p_logits).abs().max().item()
+        check("batched prefill logits", dp <= 1e-3,
+              f"max abs diff {dp:.2e} over {T} positions (bound 1e-3)")
+        kvd = model.cfg.num_key_value_heads * (model.cfg.hidden_size //
+                                               model.cfg.num_attention_heads)
+        pk = torch.tensor(pf["k"]).view(L, T, kvd)
+        pv = torch.tensor(pf["v"]).view(L, T, kvd)
+        emb = model.model.embed_tokens(ids)
+        wk = wv = 0.0
+        for l in range(L):
+            inp = emb if l == 0 else hs[l - 1]
+            for p in range(T):
+                k_ref, v_ref = model.skipped_kv(l, inp[0, p], p)
+                wk = max(wk, (k_ref - pk[l, p]).abs().max().item())
+                wv = max(wv, (v_ref - pv[l, p]).abs().max().item())
+        check("batched prefill K/V", wk <= 1e-4 and wv <= 1e-4,
+              f"{L} layers x {T} positions: max abs diff K {wk:.2e} V {wv:.2e} (bound 1e-4)")
 
     print(f"{passed} passed, {failed} failed")
     return 0 if failed == 0 else 1

@@ -1,0 +1,161 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * runtime.h - what the files of the tinylm runtime share: the runner (model,
+ * tokenizer and libeevp head), the decoder of one mode, the text streams, the
+ * teacher-forced evaluation and its measurements, and the command-line
+ * options.  decode.c holds the decoding loops, eval.c the evaluation, demo.c
+ * the reports built on it, main.c the command line.  Not part of libeevp.
+ */
+#ifndef TINYLM_RUNTIME_H
+#define TINYLM_RUNTIME_H
+
+#include "tinylm.h"
+
+#include <eevp.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define MAX_SEQ 512
+#define CHUNK 128
+
+enum { MODE_FULL = 0, MODE_EE = 1, MODE_PRUNED = 2 };
+extern const char *const mode_name[3]; /* indexed by MODE_* (decode.c) */
+
+/* ---- options (main.c) ------------------------------------------------------- */
+
+typedef struct opts {
+    const char *model, *wordnet, *out, *mode;
+    int32_t k, first, max_new, val_tokens, test_tokens, gen, final_policy;
+    float threshold, temp;
+    uint64_t seed;
+    char **args;
+    int n_args;
+} opts;
+
+/* ---- small helpers (decode.c) ---------------------------------------------- */
+
+/* "tinylm: " + message on stderr, then exit(1). */
+void die(const char *fmt, ...);
+double now(void);               /* CLOCK_MONOTONIC, in seconds */
+void *xmalloc(size_t n);        /* malloc or die */
+
+/* ---- the runner: model + tokenizer + libeevp head (decode.c) ---------------- */
+
+typedef struct runner {
+    tl_model m;
+    tl_state st;
+    tl_tok *tok;
+    eevp_head *head;
+    void *work;
+    float *logits, *x;
+    int32_t L, d, V;
+} runner;
+
+void runner_open(runner *r, const char *dir);
+void runner_close(runner *r);
+
+/* ---- a decoder: one mode on a runner (decode.c) ------------------------------ */
+
+typedef struct dec_cfg {
+    const eevp_ctx_options *policy; /* candidate-set policy fields, or NULL */
+    int mode;
+    int32_t k;          /* pruned set size (MODE_PRUNED) */
+    int32_t first;      /* first checked layer */
+    float threshold;
+    int32_t final_policy;
+} dec_cfg;
+
+typedef struct decoder {
+    runner *r;
+    dec_cfg cfg;
+    eevp_ctx *ctx;
+    uint8_t *required;
+    float *cand_logits;
+    int32_t *cand_ids;
+    /* time accounting */
+    double t_tokens;    /* whole decode steps */
+    double t_eevp;      /* inside libeevp (step calls; full mode: the head) */
+    double t_first;     /* ... of which the call at the first checked layer */
+    int64_t tokens;
+} decoder;
+
+typedef struct step_out {
+    int32_t token, layer, pruned;
+    float confidence;
+} step_out;
+
+void decoder_open(decoder *dc, runner *r, const dec_cfg *cfg);
+void decoder_close(decoder *dc);
+void decoder_reset_stats(decoder *dc);
+/* Index of the largest of n values (ties: the lowest index). */
+int32_t argmax(const float *x, int32_t n);
+/* Decode one token: feed `token` at `pos`; the next token in out, greedy, or
+ * sampled at temperature temp > 0 from the deciding candidates. */
+void decode_step(decoder *dc, int32_t token, int32_t pos, float temp, uint64_t *rng,
+                 step_out *out);
+/* Generate from one prompt and print the line; adds to the layer, token and
+ * time totals. */
+/* A prompt of n tokens at positions 0 .. n-1: the first n - 1 through the
+ * batched prefill (every layer, no exits, whatever the mode), the last
+ * through decode_step in dc's mode; out gets the first generated token. */
+void prefill_prompt(decoder *dc, const int32_t *ids, int32_t n, float temp, uint64_t *rng,
+                    step_out *out);
+void generate_one(runner *r, decoder *dc, const char *prompt, const opts *o,
+                  double *layers_sum, int64_t *n_tok, double *secs);
+
+/* ---- text (eval.c) ----------------------------------------------------------- */
+
+typedef struct stream {
+    int32_t *ids;
+    int64_t n, cap;
+} stream;
+
+/* BOS + pieces of each line of WordNet split `split` (0 train, 1 validation,
+ * 2 test), appended to s until it holds max_tokens ids (<= 0: every line). */
+void load_split(runner *r, const char *wn, int split, int64_t max_tokens, stream *s);
+
+/* ---- teacher-forced evaluation (eval.c) -------------------------------------- */
+
+typedef struct eval_out {
+    int64_t n;
+    int32_t *pred, *layer;
+    uint8_t *in_set;     /* full mode: full-depth token inside top-K at `first` */
+    double *tok_sec, *eevp_sec; /* per position: the step, and libeevp's part */
+    double *first_sec;          /* ... libeevp at the first checked layer */
+    double nll;          /* full mode only */
+    int64_t correct;     /* prediction == next token */
+    double seconds, eevp_seconds;
+} eval_out;
+
+void eval_free(eval_out *e);
+void evaluate(decoder *dc, const stream *s, int64_t n_pos, int32_t oracle_k,
+              int32_t oracle_layer, eval_out *e);
+/* Held-out perplexity (and accuracy in *acc) of the bigram baseline. */
+double bigram_ppl(const stream *train, const stream *test, int64_t n_pos, int32_t V,
+                  double *acc);
+
+/* ---- measurements for demo / sweep / policies (eval.c) ------------------------ */
+
+typedef struct point {
+    dec_cfg cfg;
+    double agreement, mean_layers, saved;
+} point;
+
+double layers_used(const eval_out *e);
+double agreement(const eval_out *a, const eval_out *full);
+point run_point(runner *r, const dec_cfg *cfg, const stream *s, int64_t n,
+                const eval_out *full, eval_out *keep);
+double min_sum(const double *a, const double *b, int64_t n);
+double med_min(const double *a, const double *b, const double *a2, const double *b2,
+               int64_t n);
+double conf_time(const eval_out *a, const eval_out *b, double head, int64_t n);
+int32_t *frequent_ids(const stream *s, int32_t V, int32_t n);
+
+/* ---- the commands (demo.c, main.c) -------------------------------------------- */
+
+void run_generate(runner *r, const opts *o, const dec_cfg *base);
+void run_demo(runner *r, const opts *o);
+void run_sweep(runner *r, const opts *o);
+void run_policies(runner *r, const opts *o);
+
+#endif
