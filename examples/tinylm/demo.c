@@ -18,6 +18,33 @@ static const float thresholds[] = { 0.9f, 0.7f, 0.5f, 0.4f, 0.3f, 0.2f, 0.15f, 0
                                     0.07f, 0.05f, 0.03f, 0.02f, 0.01f };
 #define N_THRESHOLDS ((int)(sizeof thresholds / sizeof *thresholds))
 
+/* Free-running agreement of the three modes at base, from the held-out
+ * prompts: prefix[m] and share[m] against full depth, tps[m] tokens/s. */
+typedef struct freerun_fig {
+    double prefix[3], share[3], tps[3];
+} freerun_fig;
+
+static void freerun_modes(runner *r, const dec_cfg *base, const int32_t *prompts,
+                          freerun_fig *f)
+{
+    const int32_t np = FREERUN_PROMPTS, len = FREERUN_PROMPT_TOKENS + 1, nn = FREERUN_NEW;
+    int32_t *out[3];
+    int m;
+    for (m = 0; m < 3; m++) {
+        decoder dc;
+        dec_cfg cfg = *base;
+        cfg.mode = m;
+        out[m] = xmalloc((size_t)np * (size_t)nn * sizeof(int32_t));
+        decoder_open(&dc, r, &cfg);
+        f->tps[m] = (double)np * nn / freerun(&dc, prompts, np, len, nn, out[m]);
+        decoder_close(&dc);
+    }
+    for (m = 0; m < 3; m++)
+        freerun_agreement(out[m], out[0], np, nn, &f->prefix[m], &f->share[m]);
+    for (m = 0; m < 3; m++)
+        free(out[m]);
+}
+
 void run_demo(runner *r, const opts *o)
 {
     stream val = { 0 }, test = { 0 }, train = { 0 };
@@ -215,6 +242,46 @@ void run_demo(runner *r, const opts *o)
         printf("heldout_ppl_bigram: %.3f\n", bppl);
         free(hist);
     }
+    /* 4. Free-running: the held-out prompts, 32 greedy tokens in each mode. */
+    {
+        int32_t *prompts = freerun_prompts(r, o->wordnet, FREERUN_PROMPTS,
+                                           FREERUN_PROMPT_TOKENS);
+        freerun_fig fr;
+        int m;
+        freerun_modes(r, &best, prompts, &fr);
+        printf("\nfree-running, %d held-out prompts (BOS + the first %d tokens of test lines "
+               "0..%d), %d greedy tokens each:\n", FREERUN_PROMPTS, FREERUN_PROMPT_TOKENS,
+               FREERUN_PROMPTS - 1, FREERUN_NEW);
+        printf("  %-20s %22s %22s %10s\n", "mode", "mean_identical_prefix",
+               "identical_continuations", "tokens/s");
+        for (m = 0; m < 3; m++)
+            printf("  %-20s %22.2f %22.4f %10.1f\n", mode_name[m], fr.prefix[m], fr.share[m],
+                   fr.tps[m]);
+        printf("freerun_mean_prefix_pruned: %.3f\n", fr.prefix[MODE_PRUNED]);
+        printf("freerun_identical_share_pruned: %.4f\n", fr.share[MODE_PRUNED]);
+        printf("freerun_mean_prefix_ee: %.3f\n", fr.prefix[MODE_EE]);
+        printf("freerun_identical_share_ee: %.4f\n", fr.share[MODE_EE]);
+        free(prompts);
+    }
+    /* 5. The batched prefill against position-by-position prefill (8 prompts
+     * of 128 test tokens), and the fixed-order products against OpenBLAS. */
+    {
+        enum { NP = 8, PL = 128 };
+        double ms_seq = 0, ms_b = 0, r_gemv = 0, r_gemm = 0;
+        stream pf = { 0 };
+        load_split(r, o->wordnet, 2, (int64_t)NP * PL, &pf);
+        if (pf.n < (int64_t)NP * PL)
+            die("the test split is too short for the prefill measurement");
+        if (tl_measure_prefill(&r->m, pf.ids, NP, PL, &ms_seq, &ms_b) != 0 ||
+            tl_measure_matmul(&r->m, PL, &r_gemv, &r_gemm) != 0)
+            die("prefill / matmul measurement failed");
+        printf("\nprefill of %d-token prompts (median of %d): position by position %.2f ms, "
+               "batched %.2f ms\n", PL, NP, ms_seq, ms_b);
+        printf("prefill_speedup_vs_sequential: %.3f\n", ms_seq / ms_b);
+        printf("matmul_fixed_vs_sgemv_b1: %.3f\n", r_gemv);
+        printf("matmul_fixed_vs_sgemm_b128: %.3f\n", r_gemm);
+        free(pf.ids);
+    }
     decoder_close(&dfull);
     decoder_close(&dee);
     decoder_close(&dpr);
@@ -241,6 +308,10 @@ void run_sweep(runner *r, const opts *o)
     int ki, ti;
     int64_t n = o->test_tokens;
     FILE *csv = o->out ? fopen(o->out, "w") : NULL;
+    static const char header[] = "k,threshold,agreement,layers_saved,tokens_per_s,"
+                                 "speedup_vs_full,freerun_prefix,freerun_identical";
+    int32_t *prompts, *fr_full, *fr;
+    double prefix, same;
 
     if (o->out && csv == NULL)
         die("%s: cannot write", o->out);
@@ -251,10 +322,16 @@ void run_sweep(runner *r, const opts *o)
     cfg.mode = MODE_FULL;
     decoder_open(&d, r, &cfg);
     evaluate(&d, &test, n, 0, 0, &ft);
+    prompts = freerun_prompts(r, o->wordnet, FREERUN_PROMPTS, FREERUN_PROMPT_TOKENS);
+    fr_full = xmalloc((size_t)FREERUN_PROMPTS * FREERUN_NEW * sizeof(int32_t));
+    fr = xmalloc((size_t)FREERUN_PROMPTS * FREERUN_NEW * sizeof(int32_t));
+    freerun(&d, prompts, FREERUN_PROMPTS, FREERUN_PROMPT_TOKENS + 1, FREERUN_NEW, fr_full);
     decoder_close(&d);
-    printf("k,threshold,agreement,layers_saved,tokens_per_s,speedup_vs_full\n");
+    /* teacher-forced agreement and speed, then the free-running agreement
+     * (mean identical prefix of 32 greedy tokens, share identical) */
+    printf("%s\n", header);
     if (csv)
-        fprintf(csv, "k,threshold,agreement,layers_saved,tokens_per_s,speedup_vs_full\n");
+        fprintf(csv, "%s\n", header);
     for (ki = 0; ki < (int)(sizeof ks / sizeof *ks); ki++)
         for (ti = 0; ti < N_THRESHOLDS; ti++) {
             eval_out e;
@@ -263,18 +340,26 @@ void run_sweep(runner *r, const opts *o)
             cfg.k = ks[ki];
             cfg.threshold = thresholds[ti];
             pt = run_point(r, &cfg, &test, n, &ft, &e);
-            printf("%d,%.3f,%.4f,%.4f,%.1f,%.3f\n", (int)cfg.k, (double)cfg.threshold,
-                   pt.agreement, pt.saved, (double)e.n / e.seconds, ft.seconds / e.seconds);
+            decoder_open(&d, r, &cfg);
+            freerun(&d, prompts, FREERUN_PROMPTS, FREERUN_PROMPT_TOKENS + 1, FREERUN_NEW, fr);
+            decoder_close(&d);
+            freerun_agreement(fr, fr_full, FREERUN_PROMPTS, FREERUN_NEW, &prefix, &same);
+            printf("%d,%.3f,%.4f,%.4f,%.1f,%.3f,%.3f,%.4f\n", (int)cfg.k,
+                   (double)cfg.threshold, pt.agreement, pt.saved, (double)e.n / e.seconds,
+                   ft.seconds / e.seconds, prefix, same);
             if (csv)
-                fprintf(csv, "%d,%.3f,%.4f,%.4f,%.1f,%.3f\n", (int)cfg.k,
+                fprintf(csv, "%d,%.3f,%.4f,%.4f,%.1f,%.3f,%.3f,%.4f\n", (int)cfg.k,
                         (double)cfg.threshold, pt.agreement, pt.saved,
-                        (double)e.n / e.seconds, ft.seconds / e.seconds);
+                        (double)e.n / e.seconds, ft.seconds / e.seconds, prefix, same);
             eval_free(&e);
         }
     if (csv)
         fclose(csv);
     eval_free(&ft);
     free(test.ids);
+    free(prompts);
+    free(fr_full);
+    free(fr);
 }
 
 /* ---- policies: candidate-set policies against the plain method (docs/POLICIES.md) -- */

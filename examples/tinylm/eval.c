@@ -332,3 +332,73 @@ int32_t *frequent_ids(const stream *s, int32_t V, int32_t n)
     free(cnt);
     return ids;
 }
+
+/* ---- free-running agreement ----------------------------------------------------- */
+
+int32_t *freerun_prompts(runner *r, const char *wn, int32_t n_prompts, int32_t plen)
+{
+    char msg[512];
+    int64_t n_lines, k;
+    int32_t p, buf[4096], *out = xmalloc((size_t)n_prompts * (size_t)(plen + 1) * sizeof(int32_t));
+    char **lines = tl_wordnet_lines(wn, 2, &n_lines, msg, sizeof msg);
+    if (lines == NULL)
+        die("%s", msg);
+    if (n_lines < n_prompts)
+        die("the test split has %lld lines, %d prompts asked", (long long)n_lines,
+            (int)n_prompts);
+    for (p = 0; p < n_prompts; p++) {
+        /* The line's tokens as the test stream holds them: a line shorter
+         * than plen continues with BOS and the next line. */
+        int32_t *o = out + (size_t)p * (size_t)(plen + 1), got = 0;
+        int64_t q = p;
+        o[0] = tl_tok_bos(r->tok);
+        while (got < plen) {
+            int64_t n;
+            if (q >= n_lines)
+                die("the test split ends inside prompt %d", (int)p);
+            if (q > p)
+                o[1 + got++] = tl_tok_bos(r->tok);
+            n = tl_tok_encode(r->tok, lines[q++], buf, 4096);
+            if (n < 0)
+                die("sentencepiece failed on a line");
+            for (k = 0; k < n && k < 4096 && got < plen; k++)
+                o[1 + got++] = buf[k];
+        }
+    }
+    tl_lines_free(lines, n_lines);
+    return out;
+}
+
+double freerun(decoder *dc, const int32_t *prompts, int32_t n_prompts, int32_t len,
+               int32_t n_new, int32_t *out)
+{
+    double t0 = now();
+    int32_t p, j;
+    for (p = 0; p < n_prompts; p++) {
+        int32_t *o = out + (size_t)p * (size_t)n_new;
+        step_out so;
+        prefill_prompt(dc, prompts + (size_t)p * (size_t)len, len, 0, NULL, &so);
+        for (j = 0; j < n_new; j++) {
+            o[j] = so.token;
+            if (j + 1 < n_new)
+                decode_step(dc, so.token, len + j, 0, NULL, &so);
+        }
+    }
+    return now() - t0;
+}
+
+void freerun_agreement(const int32_t *a, const int32_t *full, int32_t n_prompts, int32_t n_new,
+                       double *mean_prefix, double *share_identical)
+{
+    int64_t prefix = 0, same = 0;
+    int32_t p, j;
+    for (p = 0; p < n_prompts; p++) {
+        const int32_t *x = a + (size_t)p * (size_t)n_new, *y = full + (size_t)p * (size_t)n_new;
+        for (j = 0; j < n_new && x[j] == y[j]; j++)
+            ;
+        prefix += j;
+        same += j == n_new;
+    }
+    *mean_prefix = (double)prefix / n_prompts;
+    *share_identical = (double)same / n_prompts;
+}

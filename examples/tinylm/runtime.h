@@ -136,6 +136,22 @@ double bigram_ppl(const stream *train, const stream *test, int64_t n_pos, int32_
 
 /* ---- measurements for demo / sweep / policies (eval.c) ------------------------ */
 
+/* Free-running agreement: n_prompts held-out prompts, BOS plus the first
+ * plen tokens of test lines 0 .. n_prompts-1, a shorter line continuing
+ * into the next as in the test stream (plen + 1 ids each, one after the
+ * other; malloc'd).  freerun generates n_new greedy tokens from each
+ * (prompts of len ids) in dc's mode into out[p * n_new + j] and returns the
+ * seconds taken; freerun_agreement gives the mean length of the prefix
+ * identical to full depth's and the share of identical continuations. */
+#define FREERUN_PROMPTS 64
+#define FREERUN_PROMPT_TOKENS 8
+#define FREERUN_NEW 32
+int32_t *freerun_prompts(runner *r, const char *wn, int32_t n_prompts, int32_t plen);
+double freerun(decoder *dc, const int32_t *prompts, int32_t n_prompts, int32_t len,
+               int32_t n_new, int32_t *out);
+void freerun_agreement(const int32_t *a, const int32_t *full, int32_t n_prompts, int32_t n_new,
+                       double *mean_prefix, double *share_identical);
+
 typedef struct point {
     dec_cfg cfg;
     double agreement, mean_layers, saved;
