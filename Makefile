@@ -30,7 +30,7 @@ DEMO_PACKAGES := $(BUILD_PACKAGES) g++ libsentencepiece-dev libjansson-dev wordn
 # make check: Check, the binding's numpy cross-checks, the tinylm checkpoint
 # tests and the PyTorch cross-check
 CHECK_PACKAGES := $(DEMO_PACKAGES) check python3-numpy sentencepiece python3-sentencepiece \
-  python3-torch
+  python3-torch cmake python3-pip python3-venv
 FUZZ_PACKAGES := clang libfuzzer-14-dev libclang-rt-14-dev
 VALGRIND_PACKAGES := valgrind
 ABI_PACKAGES := abi-dumper abi-compliance-checker
@@ -59,7 +59,8 @@ TEST_SRCS := $(wildcard tests/check_*.c) tests/ref.c
 ASAN_FLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 
 .PHONY: all check check-asan demo docs examples install uninstall deps clean \
-  deps-build deps-demo deps-check deps-fuzz deps-valgrind deps-abi deps-docs check-licence
+  deps-build deps-demo deps-check deps-fuzz deps-valgrind deps-abi deps-docs check-licence \
+  check-spec-dist
 
 all: $(SHARED) lib/$(SONAME) lib/libeevp.so $(STATIC) eevp.pc
 
@@ -83,8 +84,18 @@ $(STATIC): $(OBJS) | lib
 	rm -f $@
 	$(AR) rcs $@ $(OBJS)
 
-PC_SED = sed -e 's|@prefix@|$(prefix)|' -e 's|@exec_prefix@|$(exec_prefix)|' \
-  -e 's|@libdir@|$(libdir)|' -e 's|@includedir@|$(includedir)|' -e 's|@VERSION@|$(VERSION)|'
+# eevp.pc spells exec_prefix, libdir and includedir relative to ${prefix} (or
+# ${exec_prefix}) when they lie below it, so that `pkg-config --define-prefix`
+# finds a moved install; a directory outside the prefix stays absolute.
+# path_below = the part of $(2) under directory $(1), empty when $(2) is not under it
+path_below = $(patsubst $(1)/%,%,$(filter $(1)/%,$(2)))
+PC_EXEC_PREFIX = $(if $(filter $(prefix),$(exec_prefix)),$${prefix},$(if \
+  $(call path_below,$(prefix),$(exec_prefix)),$${prefix}/$(call path_below,$(prefix),$(exec_prefix)),$(exec_prefix)))
+PC_LIBDIR = $(if $(call path_below,$(exec_prefix),$(libdir)),$${exec_prefix}/$(call path_below,$(exec_prefix),$(libdir)),$(if \
+  $(call path_below,$(prefix),$(libdir)),$${prefix}/$(call path_below,$(prefix),$(libdir)),$(libdir)))
+PC_INCLUDEDIR = $(if $(call path_below,$(prefix),$(includedir)),$${prefix}/$(call path_below,$(prefix),$(includedir)),$(includedir))
+PC_SED = sed -e 's|@prefix@|$(prefix)|' -e 's|@exec_prefix@|$(PC_EXEC_PREFIX)|' \
+  -e 's|@libdir@|$(PC_LIBDIR)|' -e 's|@includedir@|$(PC_INCLUDEDIR)|' -e 's|@VERSION@|$(VERSION)|'
 
 # The in-tree copy shows the default paths; install writes its own from the
 # paths given to it, so a changed PREFIX is never installed stale.
@@ -117,7 +128,23 @@ check: deps-check
 	$(MAKE) all tests/check_eevp
 	CK_DEFAULT_TIMEOUT=$${CK_DEFAULT_TIMEOUT:-60} tests/check_eevp
 	sh tests/check_symbols.sh
-	$(MAKE) check-licence check-reliability check-python check-examples check-tinylm
+	$(MAKE) check-licence check-spec-dist check-reliability check-python check-examples check-tinylm check-cmake
+
+# Speculative sampling keeps the full head's law (tests/spec_dist.c: chi-square
+# tests over 400000 samples, too many for valgrind, hence their own binary);
+# a build with a mutated acceptance rule must fail them.
+build/spec_dist build/spec_dist_mutated: tests/spec_dist.c tests/ref.c tests/ref.h $(SRCS) \
+  $(wildcard src/*.h) include/eevp.h | build
+	$(CC) $(ALL_CFLAGS) $(if $(findstring mutated,$@),-DEEVPI_TEST_MUTATE_ACCEPT) -Itests \
+	  -o $@ tests/spec_dist.c tests/ref.c $(SRCS) $(BLAS_LIBS) -lm -pthread
+
+check-spec-dist: build/spec_dist build/spec_dist_mutated
+	build/spec_dist
+	@if build/spec_dist_mutated > build/spec_dist_mutated.log 2>&1; then \
+	  cat build/spec_dist_mutated.log; \
+	  echo "check-spec-dist: the mutated acceptance rule passed: the test cannot fail"; exit 1; \
+	else echo "check-spec-dist: the mutated acceptance rule fails, as it must:"; \
+	  grep -E '^(T |FAIL)' build/spec_dist_mutated.log | sed 's/^/  /'; fi
 
 # Every file names its licence (SPDX line or .reuse/dep5).
 check-licence:
@@ -326,12 +353,27 @@ PYTHON_SITEDIR ?= $(shell $(PYTHON) -c 'import sys, site; p = sys.argv[1].rstrip
   || echo '$(prefix)/lib/python3/dist-packages')
 # The C++ example is built from a staged install, as a user would build it.
 EXAMPLE_DESTDIR = $(CURDIR)/build/example-install
+# The package's build backend (standard library only); `make install` installs
+# the package with it, its .dist-info included, so that pip knows about it.
+PYTHON_BACKEND = src/python/backend/eevp_backend.py
+# PYTHON_INSTALL=no: install and uninstall leave the Python package out
+# (what install-lib and uninstall-lib do), for packagers who ship it apart.
+PYTHON_INSTALL ?= yes
 
-.PHONY: check-python check-examples install-python uninstall-python
+.PHONY: check-python check-pip check-examples install-python uninstall-python install-lib \
+  uninstall-lib
 
 check-python: all
 	$(PYTHON_TEST_ENV) EEVP_REQUIRE_NUMPY=1 $(PYTHON) $(PYTHON_UNITTEST)
 	$(PYTHON_TEST_ENV) python3 $(PYTHON_UNITTEST)
+	$(MAKE) --no-print-directory check-pip
+
+# pip install into a fresh venv of each interpreter, offline, and uninstall;
+# the library-only install; make install-python as pip sees it
+# (tests/python/check_pip.py).  About 20 s.
+check-pip: all
+	python3 tests/python/check_pip.py --make "$(MAKE)" --libdir '$(libdir)' \
+	  --sitedir '$(PYTHON_SITEDIR)' python3 $(PYTHON)
 
 check-examples: all examples
 	examples/hello
@@ -350,23 +392,30 @@ check-examples: all examples
 	  PYTHONPATH=$(EXAMPLE_DESTDIR)$(PYTHON_SITEDIR) $(PYTHON) -c 'import eevp; \
 	  print("installed eevp", eevp.__version__, "from", eevp.__file__, "on", eevp.library_path())'
 
-# `make install` also installs the module; the installed copy looks for the
-# library in $(libdir) before the loader path.
+# `make install` also installs the package (unless PYTHON_INSTALL=no); the
+# installed copy records $(libdir) in eevp/_install.py and looks there for
+# the library after the loader path.
+ifneq ($(PYTHON_INSTALL),no)
 install: install-python
 uninstall: uninstall-python
+endif
+
+# What install installs but the Python package: library, header, eevp.pc,
+# CMake package, man pages.
+install-lib:
+	$(MAKE) install PYTHON_INSTALL=no
+
+uninstall-lib:
+	$(MAKE) uninstall PYTHON_INSTALL=no
 
 install-python:
 	@test -n "$(PYTHON_SITEDIR)" || { echo "PYTHON_SITEDIR is empty"; exit 1; }
-	install -d $(DESTDIR)$(PYTHON_SITEDIR)/eevp
-	sed -e "s|^_INSTALL_LIBDIR = None$$|_INSTALL_LIBDIR = '$(libdir)'|" \
-	  src/python/eevp/__init__.py > $(DESTDIR)$(PYTHON_SITEDIR)/eevp/__init__.py
-	chmod 644 $(DESTDIR)$(PYTHON_SITEDIR)/eevp/__init__.py
+	$(PYTHON) $(PYTHON_BACKEND) install --root '$(DESTDIR)' --sitedir '$(PYTHON_SITEDIR)' \
+	  --libdir '$(libdir)'
 
 uninstall-python:
 	@test -n "$(PYTHON_SITEDIR)" || { echo "PYTHON_SITEDIR is empty"; exit 1; }
-	rm -f $(DESTDIR)$(PYTHON_SITEDIR)/eevp/__init__.py
-	rm -rf $(DESTDIR)$(PYTHON_SITEDIR)/eevp/__pycache__
-	-rmdir $(DESTDIR)$(PYTHON_SITEDIR)/eevp 2>/dev/null
+	rm -rf $(DESTDIR)$(PYTHON_SITEDIR)/eevp $(DESTDIR)$(PYTHON_SITEDIR)/eevp-[0-9]*.dist-info
 
 # ---- tinylm (issue 5) -------------------------------------------------------
 # A reference early-exit runtime for Llama-architecture checkpoints and a small
@@ -453,6 +502,10 @@ install: all
 	install -m 644 $(STATIC) $(DESTDIR)$(libdir)/libeevp.a
 	$(PC_SED) eevp.pc.in > $(DESTDIR)$(libdir)/pkgconfig/eevp.pc
 	chmod 644 $(DESTDIR)$(libdir)/pkgconfig/eevp.pc
+	install -d $(DESTDIR)$(CMAKE_PKGDIR)
+	$(CMAKE_SED) src/cmake/eevpConfig.cmake.in > $(DESTDIR)$(CMAKE_PKGDIR)/eevpConfig.cmake
+	$(CMAKE_SED) src/cmake/eevpConfigVersion.cmake.in > $(DESTDIR)$(CMAKE_PKGDIR)/eevpConfigVersion.cmake
+	chmod 644 $(DESTDIR)$(CMAKE_PKGDIR)/eevpConfig.cmake $(DESTDIR)$(CMAKE_PKGDIR)/eevpConfigVersion.cmake
 	if [ -d build/docs/man/man3 ]; then \
 	  install -d $(DESTDIR)$(mandir)/man3 && \
 	  install -m 644 build/docs/man/man3/*.3 $(DESTDIR)$(mandir)/man3/; \
@@ -464,9 +517,98 @@ uninstall:
 	  $(DESTDIR)$(libdir)/libeevp.so.$(VERSION) $(DESTDIR)$(libdir)/$(SONAME) \
 	  $(DESTDIR)$(libdir)/libeevp.so $(DESTDIR)$(libdir)/libeevp.a \
 	  $(DESTDIR)$(libdir)/pkgconfig/eevp.pc
+	rm -f $(DESTDIR)$(CMAKE_PKGDIR)/eevpConfig.cmake $(DESTDIR)$(CMAKE_PKGDIR)/eevpConfigVersion.cmake
+	rmdir $(DESTDIR)$(CMAKE_PKGDIR) 2>/dev/null || true
 	rm -f $(DESTDIR)$(mandir)/man3/eevp.h.3 $(DESTDIR)$(mandir)/man3/eevp_*.3 \
 	  $(DESTDIR)$(mandir)/man3/EEVP_*.3
 	if [ -z "$(DESTDIR)" ] && [ "$$(id -u)" = 0 ] && command -v ldconfig >/dev/null; then ldconfig; fi
 
 clean:
 	rm -rf build lib eevp.pc tests/check_eevp $(EXAMPLES) examples/tinylm/tinylm tests/bench/bench
+
+# ---- CMake package, release tarball -----------------------------------------
+# make install writes a CMake package beside eevp.pc: eevpConfig.cmake (the
+# imported targets eevp::eevp and eevp::eevp_static) and
+# eevpConfigVersion.cmake (SameMajorVersion) in $(libdir)/cmake/eevp, from
+# the templates in src/cmake/ with sed, like eevp.pc: installing needs no
+# CMake.  The config computes its prefix from its own location:
+# CMAKE_TO_PREFIX is the ../ path from $(libdir)/cmake/eevp up to $(prefix)
+# (../../.. for the default libdir, one more per level of a deeper libdir
+# such as lib/x86_64-linux-gnu); a libdir outside the prefix leaves it empty,
+# and the config then holds absolute paths (that install cannot be moved).
+CMAKE ?= cmake
+CMAKE_PKGDIR = $(libdir)/cmake/eevp
+eevp_empty :=
+eevp_space := $(eevp_empty) $(eevp_empty)
+CMAKE_LIBDIR_REL = $(call path_below,$(prefix),$(libdir))
+CMAKE_INCLUDEDIR_REL = $(call path_below,$(prefix),$(includedir))
+CMAKE_TO_PREFIX = $(if $(CMAKE_LIBDIR_REL),$(subst $(eevp_space),/,$(patsubst %,..,$(subst /, ,$(CMAKE_LIBDIR_REL)) cmake eevp)))
+SIZEOF_VOID_P = $(shell $(CC) -dM -E -x c /dev/null 2>/dev/null | sed -n 's/^\#define __SIZEOF_POINTER__ //p')
+CMAKE_SED = sed -e 's|@VERSION@|$(VERSION)|g' -e 's|@VERSION_MAJOR@|$(VERSION_MAJOR)|g' \
+  -e 's|@prefix@|$(prefix)|g' -e 's|@CMAKEDIR@|$(CMAKE_PKGDIR)|g' \
+  -e 's|@CONFIG_TO_PREFIX@|$(CMAKE_TO_PREFIX)|g' \
+  -e 's|@CMAKE_LIBDIR@|$(if $(CMAKE_TO_PREFIX),$${_eevp_prefix}/$(CMAKE_LIBDIR_REL),$(libdir))|g' \
+  -e 's|@CMAKE_INCLUDEDIR@|$(if $(CMAKE_INCLUDEDIR_REL),$${_eevp_prefix}/$(CMAKE_INCLUDEDIR_REL),$(includedir))|g' \
+  -e 's|@SIZEOF_VOID_P@|$(SIZEOF_VOID_P)|g'
+
+# The installed tree as a user meets it (tests/check_install.sh): a staged
+# `make install`, examples/cmake built with CMake against it (hello.c on
+# eevp::eevp and on eevp::eevp_static, both run), find_package version
+# requests (1.0 found, 2.0 refused), then the tree moved elsewhere:
+# `pkg-config --define-prefix` and the CMake config must both follow it.
+CMAKE_CHECK_DIR = $(CURDIR)/build/check-cmake
+
+.PHONY: check-cmake dist distcheck
+
+check-cmake: all
+	rm -rf $(CMAKE_CHECK_DIR)
+	$(MAKE) install DESTDIR=$(CMAKE_CHECK_DIR)/stage
+	CMAKE='$(CMAKE)' CC='$(CC)' PKG_CONFIG='$(PKG_CONFIG)' sh tests/check_install.sh \
+	  '$(CMAKE_CHECK_DIR)' '$(prefix)' '$(libdir)' '$(includedir)' '$(VERSION)'
+
+# make dist: build/libeevp-$(VERSION).tar.gz (DIST_DIR=. puts it here), the
+# tracked files (git ls-files) under libeevp-$(VERSION)/, as they are in the
+# working tree; it says when uncommitted changes go in and which untracked
+# files stay out.  Owners, modes and times are normalised (times: the last
+# commit's), so the same tree gives the same tarball.  Making one needs the
+# git checkout; the unpacked tarball builds, tests and checks its licences
+# without .git.
+# make distcheck: the tarball holds exactly those files, and `make
+# $(DISTCHECK_TARGETS)` passes in it, unpacked into a temporary directory
+# (kept when it fails).  The full `make check` takes several minutes.
+DIST_NAME = libeevp-$(VERSION)
+DIST_DIR ?= build
+DIST_TARBALL = $(DIST_DIR)/$(DIST_NAME).tar.gz
+DISTCHECK_TARGETS ?= check
+
+dist:
+	@if [ ! -e .git ] || ! git rev-parse --git-dir >/dev/null 2>&1; then \
+	  echo "make dist: not a git checkout (git ls-files names the files to ship)"; exit 1; fi
+	@mkdir -p build $(DIST_DIR)
+	@git ls-files > build/dist-files
+	@missing=$$(while IFS= read -r f; do [ -e "$$f" ] || echo "  $$f"; done < build/dist-files); \
+	if [ -n "$$missing" ]; then echo "make dist: tracked files missing from the tree:"; \
+	  echo "$$missing"; exit 1; fi
+	@git ls-files --others --exclude-standard | sed 's/^/make dist: untracked, left out: /'
+	@git diff --quiet HEAD -- || echo "make dist: uncommitted changes to tracked files go in"
+	tar --create --file=- --verbatim-files-from --files-from=build/dist-files --sort=name \
+	  --owner=0 --group=0 --numeric-owner --mode=u+rw,go=rX \
+	  --mtime=@$$(git log -1 --format=%ct) --transform='s|^|$(DIST_NAME)/|' \
+	  | gzip -9n > $(DIST_TARBALL).tmp
+	mv $(DIST_TARBALL).tmp $(DIST_TARBALL)
+	@echo "$(DIST_TARBALL): $$(wc -l < build/dist-files) files, $$(du -k $(DIST_TARBALL) | cut -f1) KB"
+
+distcheck: dist
+	@set -e; export LC_ALL=C; \
+	tmp=$$(mktemp -d "$${TMPDIR:-/tmp}/libeevp-distcheck.XXXXXX"); \
+	tar -tzf $(DIST_TARBALL) | sed -n 's|^$(DIST_NAME)/||p' | sort > $$tmp/listed; \
+	sort build/dist-files > $$tmp/tracked; \
+	if ! cmp -s $$tmp/tracked $$tmp/listed; then \
+	  echo "distcheck: the tarball's files differ from git ls-files:"; \
+	  diff $$tmp/tracked $$tmp/listed | head -20; exit 1; fi; \
+	tar -xzf $(DIST_TARBALL) -C $$tmp; \
+	test ! -e $$tmp/$(DIST_NAME)/.git; \
+	echo "== distcheck: make $(DISTCHECK_TARGETS) in $$tmp/$(DIST_NAME)"; \
+	if $(MAKE) -C $$tmp/$(DIST_NAME) $(DISTCHECK_TARGETS); then \
+	  rm -rf $$tmp; echo "distcheck: $(DIST_TARBALL) builds and passes make $(DISTCHECK_TARGETS)"; \
+	else echo "distcheck: failed; the unpacked tree is kept in $$tmp"; exit 1; fi

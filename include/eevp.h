@@ -68,7 +68,7 @@ extern "C" {
  * these three lines. */
 /** @{ */
 #define EEVP_VERSION_MAJOR 1 /**< major version */
-#define EEVP_VERSION_MINOR 1 /**< minor version */
+#define EEVP_VERSION_MINOR 2 /**< minor version */
 #define EEVP_VERSION_PATCH 0 /**< patch version */
 /** @} */
 
@@ -739,6 +739,154 @@ EEVP_API int eevp_ctx_exit_histogram(const eevp_ctx *ctx, int64_t *counts, int32
 EEVP_API int eevp_ctx_set_size_histogram(const eevp_ctx *ctx, int64_t *counts, int32_t n);
 /** Zero the statistics. */
 EEVP_API int eevp_ctx_stats_reset(eevp_ctx *ctx);
+
+/* ------------------------------------------------------------------------ */
+/* Lossless early exit: drafts verified by the full head (since 1.2)        */
+/* ------------------------------------------------------------------------ */
+
+/** @brief A verifier of drafted tokens (opaque; one per decoding thread).
+ *
+ * Self-speculative decoding makes early exit lossless: early exits draft a
+ * few tokens, the full head verifies all of them in one pass, and the output
+ * is exactly the full model's (greedy), or exactly distributed as the full
+ * model's (sampling).  A round of sequence slot s starts from t_0, the last
+ * token already emitted (eevp_spec_round), collects drafts t_1 .. t_n
+ * (eevp_spec_draft from a drafting context's step, or eevp_spec_add_draft),
+ * and ends with eevp_spec_verify on n + 1 hidden rows: row i is the raw
+ * final-layer hidden state at the position whose input is t_i, so row i
+ * verifies t_{i+1} and row n gives the bonus token.  docs/INTEGRATION.md
+ * says how the host completes the KV cache of a round's positions. */
+typedef struct eevp_spec eevp_spec;
+
+/** Largest eevp_spec_options.max_draft: a round verifies at most 8 rows,
+ * which the full projection reads W once for. */
+#define EEVP_MAX_DRAFT 7
+
+/** @brief Options of eevp_spec_create (struct rules as eevp_head_options). */
+typedef struct eevp_spec_options {
+    uint32_t struct_size;   /**< sizeof(eevp_spec_options) */
+    int32_t max_batch;      /**< sequence slots, 1 .. EEVP_MAX_BATCH (default 1) */
+    int32_t max_draft;      /**< drafts per round, 1 .. EEVP_MAX_DRAFT (default 4) */
+    /** Largest candidate set a sampled draft records as its distribution q
+     * (1 .. V, default 256): a drafting context's K (or V for a
+     * full-vocabulary decision) must fit.  Greedy verifiers record none. */
+    int32_t max_set;
+    /** Layers of the drafting model, for the acceptance-per-exit-layer
+     * statistics (0: none). */
+    int32_t n_layers;
+    /** 0: greedy (accept the longest prefix equal to the full head's argmax,
+     * ties to the lowest id).  > 0: speculative sampling at this
+     * temperature: the emitted tokens are distributed exactly as sampling
+     * the full head at T (after top_k / top_p, applied the same way to the
+     * full head's p and to the drafts' q).  Host-side logit processors
+     * (penalties, grammars) are outside the guarantee. */
+    float temperature;
+    int32_t top_k;          /**< keep the k most likely tokens; 0: off */
+    float top_p;            /**< keep the smallest top set of mass >= top_p; 1: off */
+    /** Random numbers come from (seed, the round's key, position, use), so
+     * a sequence's tokens do not depend on the batch. */
+    uint64_t seed;
+    const eevp_allocator *allocator; /**< copied; NULL means malloc/free */
+} eevp_spec_options;
+
+/** Initialiser of an eevp_spec_options with the defaults. */
+#define EEVP_SPEC_OPTIONS_INIT \
+    { (uint32_t)sizeof(eevp_spec_options), 1, 4, 256, 0, 0.0f, 0, 1.0f, 0u, NULL }
+
+/** Initialise *opts to the defaults.  EEVP_EINVAL for NULL. */
+EEVP_API int eevp_spec_options_init(eevp_spec_options *opts);
+
+/** Create a verifier on the full head.  Every buffer (draft records:
+ * max_batch x max_draft x max_set; the rows and logits of a verification)
+ * is allocated here; nothing is allocated per token.  On failure *out is
+ * NULL and msg says why. */
+EEVP_API int eevp_spec_create(eevp_spec **out, const eevp_head *head,
+                              const eevp_spec_options *opts, char *msg, size_t msg_size);
+/** Free a verifier (NULL is a no-op). */
+EEVP_API void eevp_spec_free(eevp_spec *spec);
+/** The last error's explanation (never NULL). */
+EEVP_API const char *eevp_spec_errmsg(const eevp_spec *spec);
+/** Bytes the verifier allocated, or EEVP_EINVAL. */
+EEVP_API int64_t eevp_spec_memory(const eevp_spec *spec);
+
+/** Start a round for slot seq (0 .. max_batch-1), dropping any drafts it
+ * held: t_0 sits at `position` (>= 0), draft i at position + i.  key names
+ * the sequence for the random numbers (any value the host keeps per
+ * sequence). */
+EEVP_API int eevp_spec_round(eevp_spec *spec, int32_t seq, uint64_t key, int32_t position);
+
+/** Take the next draft of slot seq from sequence ctx_seq of a drafting
+ * context's current step, which must hold its result (before
+ * eevp_step_end).  When the token exited confidently
+ * (EEVP_REASON_CONFIDENT), it becomes draft n + 1 and *token receives it:
+ * the result's token when greedy (q is a point mass), else a token drawn
+ * from the step's candidates at the verifier's temperature (q is that
+ * distribution, truncated by top_k / top_p, zero outside the set).  A token
+ * that reached the context's last layer (its draft-depth limit) is no
+ * draft: *token is -1, nothing is recorded, and the round should be
+ * verified now.  *more (may be NULL) is 1 while another draft fits.
+ * EEVP_ESTATE without a round, EEVP_ERANGE when the round is full or the
+ * set exceeds max_set; the record is unchanged on any error.  The drafting
+ * context may use any head over the same token ids and any policy
+ * (pruning, screening, exact-token exits, threads): verification keeps the
+ * output exact whatever drafted. */
+EEVP_API int eevp_spec_draft(eevp_spec *spec, int32_t seq, eevp_ctx *ctx, int32_t ctx_seq,
+                             int32_t *token, int32_t *more);
+
+/** Append a draft the host chose itself, as a point mass q (exact when the
+ * host drafted greedily, also under sampling).  layer: where it exited, for
+ * the statistics (-1: unknown).  Errors as eevp_spec_draft, and EEVP_ERANGE
+ * for a token outside the head. */
+EEVP_API int eevp_spec_add_draft(eevp_spec *spec, int32_t seq, int32_t token, int32_t layer);
+
+/** Drafts slot seq holds in its round, or a negative error. */
+EEVP_API int32_t eevp_spec_n_drafts(const eevp_spec *spec, int32_t seq);
+
+/** @brief Per-sequence outcome of a verification. */
+typedef struct eevp_spec_result {
+    uint32_t struct_size; /**< set by the caller: sizeof(eevp_spec_result) */
+    int32_t status;       /**< EEVP_OK, or this sequence's error (its round kept) */
+    int32_t n_drafted;    /**< n */
+    int32_t n_accepted;   /**< drafts accepted, 0 .. n (t_1 .. t_a are emitted) */
+    int32_t token;        /**< the token after them: the correction, or the bonus
+                             when all were accepted; -1 on error */
+    int32_t reserved;     /**< 0 */
+} eevp_spec_result;
+
+/** Verify the rounds of n_seq slots seqs[0 .. n_seq-1] (distinct) at once.
+ * hidden holds, slot after slot in the order of seqs, n_j + 1 rows each
+ * (ld_hidden floats apart; n_j = eevp_spec_n_drafts); the rows go through
+ * the full head in chunks of 8 on the fixed-order kernel, so a sequence's
+ * outcome does not depend on the others.  results[j] gets slot seqs[j]'s
+ * outcome (struct_size set by the caller).  A slot whose rows hold NaN or
+ * Inf gets status EEVP_ENONFINITE and keeps its round for a retry; every
+ * other verified slot's round ends (start the next with eevp_spec_round).
+ * A bad argument (a slot without a round, repeated, out of range) fails the
+ * whole call with nothing changed. */
+EEVP_API int eevp_spec_verify(eevp_spec *spec, int32_t n_seq, const int32_t *seqs,
+                              const float *hidden, int64_t ld_hidden,
+                              eevp_spec_result *results);
+
+/** @brief Verifier statistics since creation or the last reset. */
+typedef struct eevp_spec_stats {
+    uint32_t struct_size;  /**< set by the caller: sizeof(eevp_spec_stats) */
+    int32_t n_layers;      /**< length of the per-layer arrays */
+    int64_t rounds;        /**< rounds verified (errors excluded) */
+    int64_t drafted;       /**< drafts verified */
+    int64_t accepted;      /**< ... accepted; mean accepted length = accepted / rounds */
+    int64_t emitted;       /**< tokens emitted: accepted + one per round */
+    int64_t verify_rows;   /**< rows projected through the full head */
+    int64_t failed;        /**< slots that failed verification */
+} eevp_spec_stats;
+
+/** Read the statistics.  out->struct_size must be set. */
+EEVP_API int eevp_spec_stats_get(const eevp_spec *spec, eevp_spec_stats *out);
+/** Acceptance per exit layer of the drafts: drafted[l] and accepted[l] for
+ * l < min(n, n_layers) (either pointer may be NULL). */
+EEVP_API int eevp_spec_layer_stats(const eevp_spec *spec, int64_t *drafted, int64_t *accepted,
+                                   int32_t n);
+/** Zero the statistics. */
+EEVP_API int eevp_spec_stats_reset(eevp_spec *spec);
 
 #ifdef __cplusplus
 }

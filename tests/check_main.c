@@ -20,6 +20,7 @@ Suite *make_dot_suite(void);
 Suite *make_hostile_suite(void);
 Suite *make_batch_suite(void);
 Suite *make_policies_suite(void);
+Suite *make_spec_suite(void);
 
 int main(void)
 {
@@ -34,6 +35,7 @@ int main(void)
     srunner_add_suite(sr, make_hostile_suite());
     srunner_add_suite(sr, make_batch_suite());
     srunner_add_suite(sr, make_policies_suite());
+    srunner_add_suite(sr, make_spec_suite());
 
     srunner_run_all(sr, CK_ENV); /* prints "N%: Checks: X, Failures: Y, Errors: Z" */
     n_run = srunner_ntests_run(sr);

@@ -710,6 +710,11 @@ START_TEST(test_only_creators_allocate)
     eevp_allocator a;
     eevp_head *h, *hs = NULL;
     eevp_ctx *ctx = NULL;
+    eevp_spec *spec = NULL;
+    eevp_spec_options so2;
+    eevp_spec_result sres;
+    eevp_spec_stats sst;
+    int32_t stok, smore, sseq = 0;
     eevp_ctx_options o, o2;
     eevp_head_options ho;
     eevp_criterion_vtbl vt;
@@ -722,7 +727,8 @@ START_TEST(test_only_creators_allocate)
     FILE *fp;
     char line[128];
     int missing = 0, i;
-    static const char *const creators[] = { "eevp_head_create", "eevp_ctx_create" };
+    static const char *const creators[] = { "eevp_head_create", "eevp_ctx_create",
+                                            "eevp_spec_create" };
     uint32_t seed = 5;
 
     memset(&t, 0, sizeof t);
@@ -735,6 +741,14 @@ START_TEST(test_only_creators_allocate)
     }
     o = cfg_opts(&ccfgs[1], &a);
     ck_assert_int_eq(eevp_ctx_create(&ctx, h, &o, NULL, 0), EEVP_OK);
+    {
+        eevp_spec_options so = EEVP_SPEC_OPTIONS_INIT;
+        so.allocator = &a;
+        so.temperature = 1.0f;
+        so.max_set = CV;
+        so.n_layers = 4;
+        ck_assert_int_eq(eevp_spec_create(&spec, h, &so, NULL, 0), EEVP_OK);
+    }
     fill_random(hid, 3 * HLD, &seed, -1, 1);
     work = canary_alloc_bytes((size_t)eevp_head_workspace_size(h, 2));
     sw = canary_alloc_bytes((size_t)eevp_head_screen_workspace_size(hs, 4));
@@ -769,7 +783,31 @@ START_TEST(test_only_creators_allocate)
     for (i = 0; i < ccfgs[1].L && eevp_step_n_running(ctx) > 0; i++)
         ck_assert_int_eq(eevp_step_layer(ctx, i, hid, HLD, 1, NULL), EEVP_OK);
     CALLED("eevp_step_n_running"); ck_assert_int_eq(eevp_step_n_running(ctx), 0);
+    /* the verifier takes its draft from the finished step */
+    CALLED("eevp_spec_options_init"); ck_assert_int_eq(eevp_spec_options_init(&so2), EEVP_OK);
+    CALLED("eevp_spec_round"); ck_assert_int_eq(eevp_spec_round(spec, 0, 1u, 0), EEVP_OK);
+    CALLED("eevp_spec_draft");
+        ck_assert_int_eq(eevp_spec_draft(spec, 0, ctx, 0, &stok, &smore), EEVP_OK);
+    CALLED("eevp_spec_add_draft"); ck_assert_int_eq(eevp_spec_add_draft(spec, 0, 3, 1), EEVP_OK);
+    CALLED("eevp_spec_n_drafts"); ck_assert_int_ge(eevp_spec_n_drafts(spec, 0), 1);
     CALLED("eevp_step_end"); ck_assert_int_eq(eevp_step_end(ctx), EEVP_OK);
+    {
+        float srows[(EEVP_MAX_DRAFT + 1) * HLD];
+        int32_t k;
+        for (k = 0; k <= eevp_spec_n_drafts(spec, 0); k++)
+            memcpy(srows + k * HLD, hid, HLD * sizeof(float));
+        sres.struct_size = sizeof sres;
+        CALLED("eevp_spec_verify");
+            ck_assert_int_eq(eevp_spec_verify(spec, 1, &sseq, srows, HLD, &sres), EEVP_OK);
+        ck_assert_int_eq(sres.status, EEVP_OK);
+    }
+    sst.struct_size = sizeof sst;
+    CALLED("eevp_spec_stats_get"); ck_assert_int_eq(eevp_spec_stats_get(spec, &sst), EEVP_OK);
+    CALLED("eevp_spec_layer_stats"); ck_assert_int_eq(eevp_spec_layer_stats(spec, hist, hist, 4),
+                                                      EEVP_OK);
+    CALLED("eevp_spec_stats_reset"); ck_assert_int_eq(eevp_spec_stats_reset(spec), EEVP_OK);
+    CALLED("eevp_spec_memory"); ck_assert_int_gt(eevp_spec_memory(spec), 0);
+    CALLED("eevp_spec_errmsg"); (void)eevp_spec_errmsg(spec);
     r.struct_size = sizeof r;
     CALLED("eevp_step_result"); ck_assert_int_eq(eevp_step_result(ctx, 0, &r), EEVP_OK);
     CALLED("eevp_step_candidates");
@@ -808,6 +846,7 @@ START_TEST(test_only_creators_allocate)
     CALLED("eevp_head_screen"); ck_assert_int_eq(eevp_head_screen(hs, hid, 4, ids, z, sw), EEVP_OK);
     ck_assert_msg(t.n_calls == calls, "%lld allocation requests outside the creators",
                   (long long)(t.n_calls - calls));
+    CALLED("eevp_spec_free"); eevp_spec_free(spec);
     CALLED("eevp_ctx_free"); eevp_ctx_free(ctx);
     CALLED("eevp_head_free"); eevp_head_free(h);
     eevp_head_free(hs);
@@ -826,7 +865,7 @@ START_TEST(test_only_creators_allocate)
         line[strcspn(line, "\r\n")] = '\0';
         if (!line[0])
             continue;
-        for (k = 0; k < 2; k++)
+        for (k = 0; k < 3; k++)
             found |= strcmp(line, creators[k]) == 0;
         for (k = 0; k < n_seen; k++)
             found |= strcmp(line, seen[k]) == 0;
@@ -838,6 +877,49 @@ START_TEST(test_only_creators_allocate)
     fclose(fp);
     ck_assert_msg(missing == 0, "%d public functions not covered by the allocation tests",
                   missing);
+}
+END_TEST
+
+/* eevp_spec_create with its n-th allocation failing, for every n until it
+ * succeeds: EEVP_ENOMEM, *out NULL, nothing left allocated. */
+START_TEST(test_oom_spec)
+{
+    float *W, *b;
+    test_alloc t;
+    eevp_allocator a;
+    eevp_head *h;
+    eevp_spec_options so = EEVP_SPEC_OPTIONS_INIT;
+    eevp_spec *sp = NULL;
+    int64_t n, base;
+    int rc = EEVP_ENOMEM;
+    char msg[256];
+
+    memset(&t, 0, sizeof t);
+    a = test_allocator(&t);
+    h = plain_head(&W, &b, 1, NULL);
+    so.allocator = &a;
+    so.max_batch = 3;
+    so.temperature = _i ? 0.7f : 0.0f;
+    so.top_k = _i ? 5 : 0;
+    so.max_set = 16;
+    for (n = 1; rc != EEVP_OK; n++) {
+        base = t.live;
+        t.fail_at = t.n_calls + n;
+        sp = (eevp_spec *)&t; /* must be reset to NULL on failure */
+        rc = eevp_spec_create(&sp, h, &so, msg, sizeof msg);
+        if (rc == EEVP_OK)
+            break;
+        ck_assert_int_eq(rc, EEVP_ENOMEM);
+        ck_assert_ptr_null(sp);
+        ck_assert_int_eq(t.live, base);
+        ck_assert(strstr(msg, "memory") != NULL);
+    }
+    ck_assert_int_ge(n, 3); /* the struct, the buffers, and one that succeeds */
+    eevp_spec_free(sp);
+    ck_assert_int_eq(t.live, 0);
+    eevp_head_free(h);
+    free(W);
+    free(b);
 }
 END_TEST
 
@@ -857,6 +939,7 @@ Suite *make_oom_suite(void)
     tcase_add_loop_test(tc, test_oom_head_storage, 0, N_H2CFG);
     tcase_add_loop_test(tc, test_oom_ctx_policies, 0, N_PCFG);
     tcase_add_test(tc, test_only_creators_allocate);
+    tcase_add_loop_test(tc, test_oom_spec, 0, 2);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("steady");
