@@ -427,6 +427,7 @@ TINYLM_PY := /usr/bin/python3
 CXX ?= c++
 TINYLM_SRCS := examples/tinylm/main.c examples/tinylm/decode.c examples/tinylm/eval.c \
   examples/tinylm/demo.c examples/tinylm/measure.c examples/tinylm/batchtest.c \
+  examples/tinylm/spec.c \
   examples/tinylm/ckpt.c examples/tinylm/llama.c examples/tinylm/text.c
 TINYLM_OBJS := $(patsubst examples/tinylm/%.c,build/tinylm/%.o,$(TINYLM_SRCS)) \
   build/tinylm/tok.o
@@ -462,6 +463,7 @@ check-tinylm: tinylm
 	$(TINYLM_PY) examples/tinylm/test/test_text.py
 	$(TINYLM_PY) examples/tinylm/test/verify_torch.py
 	examples/tinylm/tinylm check-batch
+	examples/tinylm/tinylm check-spec
 	examples/tinylm/tinylm generate --max-new 12 "violin:" "river:"
 
 demo-tinylm: tinylm

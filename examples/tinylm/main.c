@@ -20,6 +20,7 @@
  *   tinylm policies [options]             candidate-set policies against the plain method
  *   tinylm verify [options]               dumps for the PyTorch cross-check
  *   tinylm check-batch                    batch-invariance test (exit 1 on failure)
+ *   tinylm check-spec                     greedy spec equals full depth (exit 1 on failure)
  *   tinylm inspect --model DIR            load a checkpoint and summarise it
  *   tinylm tensors FILE.safetensors       list a safetensors file
  *   tinylm lines SPLIT                    the WordNet text of a split
@@ -242,6 +243,7 @@ static void usage(void)
             "  policies               candidate-set policies against the plain method\n"
             "  verify --out F.json    dumps for the PyTorch cross-check\n"
             "  check-batch            batch-invariance test of the runtime (exit 1 on failure)\n"
+            "  check-spec             greedy spec output equals full depth (exit 1 on failure)\n"
             "  inspect                load a checkpoint and summarise it\n"
             "  tensors FILE           list a safetensors file\n"
             "  lines SPLIT            WordNet text of split 0 (train), 1 (val), 2 (test)\n"
@@ -289,7 +291,8 @@ int main(int argc, char **argv)
     }
     if (strcmp(cmd, "generate") != 0 && strcmp(cmd, "demo") != 0 &&
         strcmp(cmd, "sweep") != 0 && strcmp(cmd, "verify") != 0 && strcmp(cmd, "inspect") != 0 &&
-        strcmp(cmd, "policies") != 0 && strcmp(cmd, "check-batch") != 0)
+        strcmp(cmd, "policies") != 0 && strcmp(cmd, "check-batch") != 0 &&
+        strcmp(cmd, "check-spec") != 0)
         usage();
     runner_open(&r, o.model);
     if (strcmp(cmd, "inspect") == 0) {
@@ -313,6 +316,12 @@ int main(int argc, char **argv)
         run_sweep(&r, &o);
     } else if (strcmp(cmd, "policies") == 0) {
         run_policies(&r, &o);
+    } else if (strcmp(cmd, "check-spec") == 0) {
+        int bad = run_check_spec(&r, &o, default_prompts,
+                                 (int)(sizeof default_prompts / sizeof *default_prompts));
+        runner_close(&r);
+        free(o.args);
+        return bad;
     } else if (strcmp(cmd, "check-batch") == 0) {
         int bad = tl_check_batch(&r.m, r.head);
         runner_close(&r);

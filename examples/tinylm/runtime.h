@@ -93,15 +93,61 @@ int32_t argmax(const float *x, int32_t n);
  * sampled at temperature temp > 0 from the deciding candidates. */
 void decode_step(decoder *dc, int32_t token, int32_t pos, float temp, uint64_t *rng,
                  step_out *out);
-/* Generate from one prompt and print the line; adds to the layer, token and
- * time totals. */
 /* A prompt of n tokens at positions 0 .. n-1: the first n - 1 through the
  * batched prefill (every layer, no exits, whatever the mode), the last
  * through decode_step in dc's mode; out gets the first generated token. */
 void prefill_prompt(decoder *dc, const int32_t *ids, int32_t n, float temp, uint64_t *rng,
                     step_out *out);
+/* Generate from one prompt and print the line; adds to the layer, token and
+ * time totals. */
 void generate_one(runner *r, decoder *dc, const char *prompt, const opts *o,
                   double *layers_sum, int64_t *n_tok, double *secs);
+
+/* ---- lossless early exit: the spec mode (spec.c) ------------------------------ */
+
+typedef struct spec_cfg {
+    int32_t k;           /* the drafting context's pruned set */
+    int32_t first;       /* its first checked layer */
+    int32_t depth_limit; /* a draft not confident by this layer ends the round */
+    int32_t max_draft;   /* 1 .. EEVP_MAX_DRAFT */
+    float threshold;
+    float temp;          /* 0: greedy; > 0: speculative sampling */
+    uint64_t seed;
+} spec_cfg;
+
+typedef struct spec_dec {
+    runner *r;
+    spec_cfg cfg;
+    eevp_ctx *dctx;      /* drafting: layers 0 .. depth_limit */
+    eevp_spec *sp;
+    uint8_t *required;
+    float *xs;           /* (max_draft + 1) x d: kept, then completed states */
+    int32_t *m;          /* per round position: exact up to this layer */
+    /* time accounting */
+    double t_draft, t_complete, t_verify;
+    int64_t rounds, emitted, drafted, accepted;
+} spec_dec;
+
+void spec_open(spec_dec *s, runner *r, const spec_cfg *cfg);
+void spec_close(spec_dec *s);
+void spec_reset_stats(spec_dec *s);
+/* One round from t0 (the last emitted token, at pos): drafts, completes the
+ * round's positions through every layer (batched per layer), verifies;
+ * writes the emitted tokens (accepted drafts, then the correction or bonus)
+ * to out (max_draft + 1 room) and returns how many. */
+int32_t spec_round(spec_dec *s, int32_t t0, int32_t pos, uint64_t key, int32_t *out);
+/* Free-running from prompts of len ids (prefill, then rounds), n_new tokens
+ * each into out[p * n_new + j]; seconds taken. */
+double spec_freerun(spec_dec *s, const int32_t *prompts, int32_t n_prompts, int32_t len,
+                    int32_t n_new, int32_t *out);
+/* Free-running at full depth, sampled at temp (> 0) with a per-prompt seed:
+ * the baseline of the sampled spec mode; seconds taken. */
+double full_freerun_sampled(decoder *dc, const int32_t *prompts, int32_t n_prompts, int32_t len,
+                            int32_t n_new, float temp, uint64_t seed, int32_t *out);
+
+/* Greedy spec against full depth on the given prompts and the free-running
+ * ones; 0 when every continuation is identical (tinylm check-spec). */
+int run_check_spec(runner *r, const opts *o, const char *const *prompts, int n_prompts);
 
 /* ---- text (eval.c) ----------------------------------------------------------- */
 
