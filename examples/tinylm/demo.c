@@ -244,7 +244,7 @@ void run_demo(runner *r, const opts *o)
     }
     /* 4. Free-running: the held-out prompts, 32 greedy tokens in each mode. */
     {
-        int32_t *prompts = freerun_prompts(r, o->wordnet, FREERUN_PROMPTS,
+        int32_t *prompts = freerun_prompts(r, o->wordnet, 2, FREERUN_PROMPTS,
                                            FREERUN_PROMPT_TOKENS);
         freerun_fig fr;
         int m;
@@ -295,6 +295,8 @@ void run_demo(runner *r, const opts *o)
     free(val.ids);
     free(test.ids);
     free(train.ids);
+    /* 6. Lossless early exit (demo_spec.c). */
+    run_demo_spec(r, o);
 }
 
 /* Quality/speed over thresholds and K on the test split, as CSV. */
@@ -322,7 +324,7 @@ void run_sweep(runner *r, const opts *o)
     cfg.mode = MODE_FULL;
     decoder_open(&d, r, &cfg);
     evaluate(&d, &test, n, 0, 0, &ft);
-    prompts = freerun_prompts(r, o->wordnet, FREERUN_PROMPTS, FREERUN_PROMPT_TOKENS);
+    prompts = freerun_prompts(r, o->wordnet, 2, FREERUN_PROMPTS, FREERUN_PROMPT_TOKENS);
     fr_full = xmalloc((size_t)FREERUN_PROMPTS * FREERUN_NEW * sizeof(int32_t));
     fr = xmalloc((size_t)FREERUN_PROMPTS * FREERUN_NEW * sizeof(int32_t));
     freerun(&d, prompts, FREERUN_PROMPTS, FREERUN_PROMPT_TOKENS + 1, FREERUN_NEW, fr_full);

@@ -335,12 +335,12 @@ int32_t *frequent_ids(const stream *s, int32_t V, int32_t n)
 
 /* ---- free-running agreement ----------------------------------------------------- */
 
-int32_t *freerun_prompts(runner *r, const char *wn, int32_t n_prompts, int32_t plen)
+int32_t *freerun_prompts(runner *r, const char *wn, int split, int32_t n_prompts, int32_t plen)
 {
     char msg[512];
     int64_t n_lines, k;
     int32_t p, buf[4096], *out = xmalloc((size_t)n_prompts * (size_t)(plen + 1) * sizeof(int32_t));
-    char **lines = tl_wordnet_lines(wn, 2, &n_lines, msg, sizeof msg);
+    char **lines = tl_wordnet_lines(wn, split, &n_lines, msg, sizeof msg);
     if (lines == NULL)
         die("%s", msg);
     if (n_lines < n_prompts)

@@ -244,6 +244,7 @@ static void usage(void)
             "  verify --out F.json    dumps for the PyTorch cross-check\n"
             "  check-batch            batch-invariance test of the runtime (exit 1 on failure)\n"
             "  check-spec             greedy spec output equals full depth (exit 1 on failure)\n"
+            "  demo-spec              the demo's lossless part alone (spec against full depth)\n"
             "  inspect                load a checkpoint and summarise it\n"
             "  tensors FILE           list a safetensors file\n"
             "  lines SPLIT            WordNet text of split 0 (train), 1 (val), 2 (test)\n"
@@ -292,7 +293,7 @@ int main(int argc, char **argv)
     if (strcmp(cmd, "generate") != 0 && strcmp(cmd, "demo") != 0 &&
         strcmp(cmd, "sweep") != 0 && strcmp(cmd, "verify") != 0 && strcmp(cmd, "inspect") != 0 &&
         strcmp(cmd, "policies") != 0 && strcmp(cmd, "check-batch") != 0 &&
-        strcmp(cmd, "check-spec") != 0)
+        strcmp(cmd, "check-spec") != 0 && strcmp(cmd, "demo-spec") != 0)
         usage();
     runner_open(&r, o.model);
     if (strcmp(cmd, "inspect") == 0) {
@@ -316,6 +317,8 @@ int main(int argc, char **argv)
         run_sweep(&r, &o);
     } else if (strcmp(cmd, "policies") == 0) {
         run_policies(&r, &o);
+    } else if (strcmp(cmd, "demo-spec") == 0) {
+        run_demo_spec(&r, &o);
     } else if (strcmp(cmd, "check-spec") == 0) {
         int bad = run_check_spec(&r, &o, default_prompts,
                                  (int)(sizeof default_prompts / sizeof *default_prompts));

@@ -106,6 +106,7 @@ void generate_one(runner *r, decoder *dc, const char *prompt, const opts *o,
 /* ---- lossless early exit: the spec mode (spec.c) ------------------------------ */
 
 typedef struct spec_cfg {
+    const eevp_ctx_options *policy; /* drafting candidate-set policy fields, or NULL */
     int32_t k;           /* the drafting context's pruned set */
     int32_t first;       /* its first checked layer */
     int32_t depth_limit; /* a draft not confident by this layer ends the round */
@@ -145,6 +146,9 @@ double spec_freerun(spec_dec *s, const int32_t *prompts, int32_t n_prompts, int3
 double full_freerun_sampled(decoder *dc, const int32_t *prompts, int32_t n_prompts, int32_t len,
                             int32_t n_new, float temp, uint64_t seed, int32_t *out);
 
+/* The demo's lossless part (demo_spec.c): settings on validation, the spec
+ * figures on the test prompts. */
+void run_demo_spec(runner *r, const opts *o);
 /* Greedy spec against full depth on the given prompts and the free-running
  * ones; 0 when every continuation is identical (tinylm check-spec). */
 int run_check_spec(runner *r, const opts *o, const char *const *prompts, int n_prompts);
@@ -183,7 +187,8 @@ double bigram_ppl(const stream *train, const stream *test, int64_t n_pos, int32_
 /* ---- measurements for demo / sweep / policies (eval.c) ------------------------ */
 
 /* Free-running agreement: n_prompts held-out prompts, BOS plus the first
- * plen tokens of test lines 0 .. n_prompts-1, a shorter line continuing
+ * plen tokens of lines 0 .. n_prompts-1 of a split (2: test; 1: validation,
+ * for choosing settings), a shorter line continuing
  * into the next as in the test stream (plen + 1 ids each, one after the
  * other; malloc'd).  freerun generates n_new greedy tokens from each
  * (prompts of len ids) in dc's mode into out[p * n_new + j] and returns the
@@ -192,7 +197,7 @@ double bigram_ppl(const stream *train, const stream *test, int64_t n_pos, int32_
 #define FREERUN_PROMPTS 64
 #define FREERUN_PROMPT_TOKENS 8
 #define FREERUN_NEW 32
-int32_t *freerun_prompts(runner *r, const char *wn, int32_t n_prompts, int32_t plen);
+int32_t *freerun_prompts(runner *r, const char *wn, int split, int32_t n_prompts, int32_t plen);
 double freerun(decoder *dc, const int32_t *prompts, int32_t n_prompts, int32_t len,
                int32_t n_new, int32_t *out);
 void freerun_agreement(const int32_t *a, const int32_t *full, int32_t n_prompts, int32_t n_new,

@@ -50,6 +50,12 @@ void spec_open(spec_dec *s, runner *r, const spec_cfg *cfg)
     co.criterion = EEVP_CRITERION_TOP2_GAP;
     co.threshold = cfg->threshold;
     co.final_policy = EEVP_FINAL_PRUNED; /* the limit's token is no draft */
+    if (cfg->policy != NULL) {
+        co.static_mode = cfg->policy->static_mode;
+        co.static_ids = cfg->policy->static_ids;
+        co.n_static = cfg->policy->n_static;
+        co.flags = cfg->policy->flags;
+    }
     if (eevp_ctx_create(&s->dctx, r->head, &co, msg, sizeof msg) != EEVP_OK)
         die("spec: drafting context: %s", msg);
     so.max_batch = 1;
@@ -245,10 +251,10 @@ double full_freerun_sampled(decoder *dc, const int32_t *prompts, int32_t n_promp
 int run_check_spec(runner *r, const opts *o, const char *const *prompts, int n_prompts)
 {
     const spec_cfg cfgs[2] = {
-        {o->k, 2, r->L - 2, 4, 0.1f, 0.0f, 1u},
-        {0, 1, 3, EEVP_MAX_DRAFT, 0.02f, 0.0f, 1u},
+        {NULL, o->k, 2, r->L - 2, 4, 0.1f, 0.0f, 1u},
+        {NULL, 0, 1, 3, EEVP_MAX_DRAFT, 0.02f, 0.0f, 1u},
     };
-    int32_t *held = freerun_prompts(r, o->wordnet, FREERUN_PROMPTS, FREERUN_PROMPT_TOKENS);
+    int32_t *held = freerun_prompts(r, o->wordnet, 2, FREERUN_PROMPTS, FREERUN_PROMPT_TOKENS);
     int32_t ids[MAX_SEQ], a[FREERUN_NEW], b[FREERUN_NEW];
     int64_t bad = 0, tokens = 0, conts = 0;
     int c, p;

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """The tinylm model in PyTorch: a Llama-architecture decoder with Hugging Face
 tensor names, plus the checkpoint reader/writer (Hugging Face layout:
 config.json, model.safetensors, tokenizer.model).
@@ -171,14 +172,27 @@ class TinyLM(nn.Module):
     def logits(self, h):
         return F.linear(self.model.norm(h), self.head_weight())
 
-    def hidden_states(self, ids):
-        """Raw hidden state after every layer: list of L tensors (B, T, d)."""
-        T = ids.shape[1]
+    def hidden_states(self, ids, drop=None, gen=None):
+        """Raw hidden state after every layer: list of L tensors (B, T, d).
+
+        drop: optional per-layer skip probabilities (layer dropout, training
+        only): each sequence of the batch skips layer l with probability
+        drop[l], its state passing through unchanged; only the kept
+        sequences are computed."""
+        B, T = ids.shape
         cos, sin = rope_cos_sin(self.cfg, torch.arange(T))
         x = self.model.embed_tokens(ids)
         out = []
-        for layer in self.model.layers:
-            x = layer(x, cos, sin)
+        for l, layer in enumerate(self.model.layers):
+            if drop is None or drop[l] <= 0.0:
+                x = layer(x, cos, sin)
+            else:
+                keep = torch.rand(B, generator=gen) >= drop[l]
+                if bool(keep.all()):
+                    x = layer(x, cos, sin)
+                elif bool(keep.any()):
+                    idx = keep.nonzero().squeeze(1)
+                    x = x.index_copy(0, idx, layer(x[idx], cos, sin))
             out.append(x)
         return out
 

@@ -1,15 +1,27 @@
 #!/usr/bin/python3
+# SPDX-License-Identifier: MIT
 """Train tinylm: a sentencepiece vocabulary and a small Llama-style early-exit
 LM on WordNet's glosses (Debian wordnet-base), written in the Hugging Face
 layout to examples/tinylm/model/.
 
     /usr/bin/python3 examples/tinylm/train/train.py [--steps N] [--threads T]
 
-The loss is CALM's early-exit loss: a cross-entropy at every layer through
-the shared final norm and tied head, weighted by (l+1) / sum(l+1), with the
-intermediate layers' losses computed on a random subset of positions to keep
-the step affordable on a 2-core machine.  Fixed seed; a log goes to
-model/train_log.json.
+The recipe follows LayerSkip (Elhoushi et al., 2024), made for early exit:
+
+- layer dropout rising with depth: each sequence of a batch skips layer l
+  with probability p_max * (2^(l/(L-1)) - 1), from 0 at the first layer to
+  p_max at the last (--layer-dropout);
+- an early-exit loss over all layers: a cross-entropy at every layer through
+  the shared final norm and tied head, with scales rising with depth,
+  e(l) = e_scale * (l+1) for l < L-1 and e(L-1) = L (--exit-scale), the
+  intermediate layers' losses on a random subset of positions to keep the
+  step affordable on a 2-core machine (--sub);
+- a gradual curriculum: the exit losses are switched on from the deepest
+  layer to the shallowest over the first --curriculum share of the steps;
+  the weights are normalised over the layers switched on.
+
+Fixed seed; a log goes to model/train_log.json, with each layer's top-1
+agreement with the last layer on the validation split.
 """
 import argparse
 import json
@@ -77,6 +89,7 @@ def evaluate(model, stream, seq, max_tokens):
     L = model.cfg.num_hidden_layers
     nll = np.zeros(L)
     hit = np.zeros(L)
+    agree = np.zeros(L)
     n = 0
     for start in range(0, min(len(stream) - 1, max_tokens), seq):
         x = torch.from_numpy(stream[start:start + seq + 1])
@@ -84,13 +97,34 @@ def evaluate(model, stream, seq, max_tokens):
             break
         inp, tgt = x[:-1][None], x[1:]
         hs = model.hidden_states(inp)
+        final = model.logits(hs[-1])[0].argmax(-1)
         for l, h in enumerate(hs):
             lg = model.logits(h)[0]
             nll[l] += F.cross_entropy(lg, tgt, reduction="sum").item()
             hit[l] += (lg.argmax(-1) == tgt).sum().item()
+            agree[l] += (lg.argmax(-1) == final).sum().item()
         n += len(tgt)
     model.train()
-    return [float(math.exp(v / n)) for v in nll], [float(v / n) for v in hit], n
+    return ([float(math.exp(v / n)) for v in nll], [float(v / n) for v in hit], n,
+            [float(v / n) for v in agree])
+
+
+def layer_drop_rates(L, p_max):
+    """LayerSkip's rates rising with depth: 0 at layer 0, p_max at layer L-1."""
+    return [p_max * (2.0 ** (l / (L - 1)) - 1.0) for l in range(L)]
+
+
+def exit_weights(L, e_scale, step, steps, share):
+    """Normalised early-exit loss weights at a step.  The gradual curriculum
+    switches layer l's loss on once step >= (L-1-l) * share * steps / (L-1):
+    the last layer from the start, the first after `share` of the steps."""
+    w = []
+    for l in range(L):
+        on = share <= 0 or step >= (L - 1 - l) * share * steps / (L - 1)
+        e = float(L) if l == L - 1 else e_scale * (l + 1)
+        w.append(e if on else 0.0)
+    tot = sum(w)
+    return [v / tot for v in w]
 
 
 def main():
@@ -103,6 +137,13 @@ def main():
     ap.add_argument("--warmup", type=int, default=20)
     ap.add_argument("--sub", type=float, default=0.25,
                     help="share of positions for the intermediate exit losses")
+    ap.add_argument("--layer-dropout", type=float, default=0.1,
+                    help="p_max: layer dropout at the last layer, rising from 0 at the first")
+    ap.add_argument("--exit-scale", type=float, default=1.0,
+                    help="e_scale of the intermediate layers' exit losses")
+    ap.add_argument("--curriculum", type=float, default=0.4,
+                    help="share of the steps over which the exit losses are switched on, "
+                         "deepest layer first (0: all from the start)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--amp", default="bf16", choices=["bf16", "off"],
                     help="bf16 autocast for the forward pass (weights, gradients and the "
@@ -159,8 +200,8 @@ def main():
     L = cfg.num_hidden_layers
     nparam = sum(p.numel() for p in model.parameters())
     print(f"parameters: {nparam}", flush=True)
-    w = torch.arange(1, L + 1, dtype=torch.float32)
-    w = w / w.sum()
+    drop = layer_drop_rates(L, args.layer_dropout)
+    print(f"layer dropout: {[round(p, 4) for p in drop]}", flush=True)
 
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
@@ -184,16 +225,19 @@ def main():
         x = torch.stack([torch.from_numpy(train_s[s:s + T + 1]) for s in starts.tolist()])
         inp, tgt = x[:, :-1], x[:, 1:].reshape(-1)
         sub = torch.randperm(B * T, generator=gen)[:nsub]
+        w = exit_weights(L, args.exit_scale, step, args.steps, args.curriculum)
         losses = []
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.amp == "bf16"):
-            hs = model.hidden_states(inp)
+            hs = model.hidden_states(inp, drop, gen)
             for l, h in enumerate(hs):
                 hf = h.reshape(B * T, -1)
                 if l == L - 1:
                     losses.append(F.cross_entropy(model.logits(hf).float(), tgt))
-                else:
+                elif w[l] > 0:
                     losses.append(F.cross_entropy(model.logits(hf[sub]).float(), tgt[sub]))
-            loss = sum(wl * ll for wl, ll in zip(w.tolist(), losses))
+                else:
+                    losses.append(torch.zeros(()))
+            loss = sum(wl * ll for wl, ll in zip(w, losses) if wl > 0)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -212,6 +256,9 @@ def main():
         "command": " ".join(["/usr/bin/python3"] + sys.argv),
         "seed": args.seed, "steps_schedule": args.steps, "steps_done": stop, "batch": B,
         "seq": T, "lr": args.lr, "intermediate_loss_positions": args.sub,
+        "recipe": "LayerSkip", "layer_dropout_max": args.layer_dropout,
+        "layer_dropout": drop, "exit_scale": args.exit_scale,
+        "curriculum_share": args.curriculum,
         "threads": args.threads, "amp": args.amp, "parameters": nparam, "dtype": args.dtype,
         "tokenizer_seconds": round(t_tok, 1), "train_seconds": round(train_time, 1),
         "log": log,
@@ -224,8 +271,8 @@ def finish(result, out, sp, train_s, val_s, test_s, T, t0):
     from tinylm_model import load_checkpoint
     t_eval = time.time()
     shipped = load_checkpoint(out)
-    ppl_val, acc_val, n_val = evaluate(shipped, val_s, T, 8192)
-    ppl_test, acc_test, n_test = evaluate(shipped, test_s, T, 8192)
+    ppl_val, acc_val, n_val, agree_val = evaluate(shipped, val_s, T, 8192)
+    ppl_test, acc_test, n_test, agree_test = evaluate(shipped, test_s, T, 8192)
     V = shipped.cfg.vocab_size
     big_ppl_test, big_acc_test = bigram_eval(train_s, test_s[:n_test + 1], V)
     big_ppl_val, big_acc_val = bigram_eval(train_s, val_s[:n_val + 1], V)
@@ -234,8 +281,10 @@ def finish(result, out, sp, train_s, val_s, test_s, T, t0):
         "tokens": {"train": int(len(train_s)), "val": int(len(val_s)), "test": int(len(test_s))},
         "final_train_loss_per_layer": log[-1]["per_layer"] if log else [],
         "val": {"tokens": n_val, "ppl_per_layer": ppl_val, "acc_per_layer": acc_val,
+                "agree_with_last_per_layer": agree_val,
                 "bigram_ppl": big_ppl_val, "bigram_acc": big_acc_val},
         "test": {"tokens": n_test, "ppl_per_layer": ppl_test, "acc_per_layer": acc_test,
+                 "agree_with_last_per_layer": agree_test,
                  "bigram_ppl": big_ppl_test, "bigram_acc": big_acc_test},
         "eval_seconds": round(time.time() - t_eval, 1),
     })

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """WordNet glosses as plain text, with the deterministic split tinylm uses.
 
 One line per synset, in the order noun, verb, adj, adv of Debian's
