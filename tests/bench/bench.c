@@ -256,6 +256,29 @@ static void run_project_inv(void *p)
     eevpi_head_project_inv(a->h, a->n, a->xn, a->z, a->h->V);
 }
 
+/* Greedy verification of a full round: 7 drafts, 8 rows (eevp_spec_verify,
+ * norms and argmaxes included). */
+typedef struct spec_arg {
+    eevp_spec *sp;
+    const float *rows;
+    int64_t d;
+} spec_arg;
+
+static void run_verify8(void *p)
+{
+    spec_arg *a = (spec_arg *)p;
+    eevp_spec_result r;
+    int32_t i, seq = 0;
+    r.struct_size = sizeof r;
+    if (eevp_spec_round(a->sp, 0, 1u, 0) != EEVP_OK)
+        abort();
+    for (i = 0; i < 7; i++)
+        if (eevp_spec_add_draft(a->sp, 0, i, -1) != EEVP_OK)
+            abort();
+    if (eevp_spec_verify(a->sp, 1, &seq, a->rows, a->d, &r) != EEVP_OK)
+        abort();
+}
+
 static void run_topk(void *p)
 {
     proj_arg *a = (proj_arg *)p;
@@ -399,6 +422,20 @@ static void bench_kernels(world *w)
     report("blas_full_b1", measure(run_sgemv, &a, 1));
     report("lib_full_b1", measure(run_project, &a, 1));
     report("lib_full_inv_b1", measure(run_project_inv, &a, 1));
+    {
+        eevp_spec_options so = EEVP_SPEC_OPTIONS_INIT;
+        spec_arg sa;
+        char msg[256];
+        so.max_draft = 7;
+        if (eevp_spec_create(&sa.sp, w->head, &so, msg, sizeof msg) != EEVP_OK) {
+            fprintf(stderr, "eevp_spec_create: %s\n", msg);
+            exit(1);
+        }
+        sa.rows = w->hidden;
+        sa.d = s->d;
+        report("verify_rows8", measure(run_verify8, &sa, 1));
+        eevp_spec_free(sa.sp);
+    }
     report("prune_kernels_b1", measure(run_prune_kernels, &a, 1));
     eevpi_head_project(w->head, 1, a.xn, a.z, s->V);
     report("topk_k256", measure(run_topk, &a, 0));

@@ -50,6 +50,7 @@ ROWS = [
     ("full projection B=1 (bare BLAS SGEMV)", "blas_full_b1", "numpy_full_b1", "torch_full_b1"),
     ("full projection B=1 (libeevp)", "lib_full_b1", None, None),
     ("full projection B=1, fixed-order kernel", "lib_full_inv_b1", None, None),
+    ("greedy verification of 8 rows (eevp_spec_verify)", "verify_rows8", None, None),
     ("full projection B=2 (SGEMM | libeevp)", "blas_full_b2", None, None),
     ("  libeevp B=2", "lib_full_b2", None, None),
     ("  libeevp B=3", "lib_full_b3", None, None),
@@ -133,6 +134,7 @@ def ratios(R, t):
     return [
         ("prune_step_overhead", ratio(g("llama2", "prune_step_b1"), g("llama2", "blas_full_b1"))),
         ("lib_full_b1_vs_sgemv", ratio(g("llama2", "lib_full_b1"), g("llama2", "blas_full_b1"))),
+        ("verify_rows8_vs_full_b1", ratio(g("llama2", "verify_rows8"), g("llama2", "lib_full_b1"))),
         ("pruned_vs_full_check_32k", ratio(g("llama2", "check_full_cold"), g("llama2", "check_k256_cold"))),
         ("pruned_vs_full_check_128k", ratio(g("llama3", "check_full_cold"), g("llama3", "check_k256_cold"))),
         ("token_cost_vs_one_full", ratio(g("llama2", "token_b1"), g("llama2", "blas_full_b1"))),
