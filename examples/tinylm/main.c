@@ -220,8 +220,38 @@ static void run_verify(runner *r, const opts *o)
                 fputs(l || i ? "," : "", f);
                 print_floats(f, tl_cache_v(&r->st, l, i), kvd);
             }
-        fprintf(f, "]}}\n");
+        fprintf(f, "]},\n");
         free(xb);
+    }
+    /* 4. A spec round from the last prompt token (positions 0 .. n-2
+     * prefilled): its drafts, the accepted count and the completed final
+     * states of the round's positions. */
+    {
+        spec_dec sd;
+        spec_cfg sc;
+        int32_t emitted[EEVP_MAX_DRAFT + 1], e;
+        memset(&sc, 0, sizeof sc);
+        sc.k = o->k;
+        sc.first = first;
+        sc.depth_limit = r->L - 2;
+        sc.max_draft = 4;
+        sc.threshold = 0.0f; /* every draft exits at the first check: the longest round */
+        spec_open(&sd, r, &sc);
+        if (tl_prefill(&r->st, ids, 0, n - 1, NULL) != 0)
+            die("prefill failed");
+        e = spec_round(&sd, ids[n - 1], n - 1, 1u, emitted);
+        fprintf(f, "\"spec\":{\"position\":%d,\"tokens\":[", (int)(n - 1));
+        for (i = 0; i <= sd.n; i++)
+            fprintf(f, "%s%d", i ? "," : "", (int)sd.toks[i]);
+        fprintf(f, "],\"accepted\":%d,\"next\":%d,\"final\":[", (int)(e - 1),
+                (int)emitted[e - 1]);
+        for (i = 0; i <= sd.n; i++) {
+            if (i)
+                fputc(',', f);
+            print_floats(f, sd.xs + (size_t)i * (size_t)r->d, r->d);
+        }
+        fprintf(f, "]}}\n");
+        spec_close(&sd);
     }
     fclose(f);
     decoder_close(&dfull);

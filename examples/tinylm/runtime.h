@@ -123,6 +123,8 @@ typedef struct spec_dec {
     eevp_spec *sp;
     uint8_t *required;
     float *xs;           /* (max_draft + 1) x d: kept, then completed states */
+    int32_t toks[EEVP_MAX_DRAFT + 1]; /* the last round's t_0 .. t_n */
+    int32_t n;           /* ... its number of drafts */
     int32_t *m;          /* per round position: exact up to this layer */
     /* time accounting */
     double t_draft, t_complete, t_verify;

@@ -144,7 +144,7 @@ int32_t spec_round(spec_dec *s, int32_t t0, int32_t pos, uint64_t key, int32_t *
     runner *r = s->r;
     const int32_t d = r->d, L = r->L;
     const int32_t bos = tl_tok_bos(r->tok), eos = tl_tok_eos(r->tok);
-    int32_t toks[EEVP_MAX_DRAFT + 1], n = 0, i, l, m = L - 1, more = 1, seq = 0;
+    int32_t *toks = s->toks, n = 0, i, l, m = L - 1, more = 1, seq = 0;
     eevp_spec_result res;
     double t0s = now(), t1;
 
@@ -194,6 +194,7 @@ int32_t spec_round(spec_dec *s, int32_t t0, int32_t pos, uint64_t key, int32_t *
     for (i = 0; i < res.n_accepted; i++)
         out[i] = toks[i + 1];
     out[res.n_accepted] = res.token;
+    s->n = n;
     s->rounds++;
     s->drafted += n;
     s->accepted += res.n_accepted;

@@ -11,7 +11,12 @@ independent implementation, not a port of the C code) and compares:
      skipped layer against PyTorch's projections of the exit hidden state;
   4. the batched prefill (every prompt position through each layer
      together): its logits at every position and the K/V it stored at every
-     layer and position, against PyTorch's full-depth pass.
+     layer and position, against PyTorch's full-depth pass;
+  5. a spec round (lossless early exit): the final states the runtime
+     completed for the round's positions (drafted with early exits, then
+     completed from min(e_0 .. e_i) batched per layer) against PyTorch's
+     full-depth states of the same tokens, and the emitted token against
+     PyTorch's greedy choice.
 
     /usr/bin/python3 examples/tinylm/test/verify_torch.py [--model DIR]
 
@@ -139,6 +144,23 @@ def main():
                 wv = max(wv, (v_ref - pv[l, p]).abs().max().item())
         check("batched prefill K/V", wk <= 1e-4 and wv <= 1e-4,
               f"{L} layers x {T} positions: max abs diff K {wk:.2e} V {wv:.2e} (bound 1e-4)")
+
+        sp = dump["spec"]
+        P, toks, acc = sp["position"], sp["tokens"], sp["accepted"]
+        seq = torch.tensor(dump["prompt_ids"][:P + 1] + toks[1:])[None]
+        hs3 = model.hidden_states(seq)
+        fin = torch.tensor(sp["final"])
+        n = len(toks) - 1
+        ds = max((hs3[-1][0, P + i] - fin[i]).abs().max().item() for i in range(n + 1))
+        check("spec round: completed final states", n >= 1 and ds <= 1e-3,
+              f"{n} drafts, {acc} accepted; positions {P}..{P + n}: max abs diff {ds:.2e} "
+              f"against full depth (bound 1e-3)")
+        logits_a = model.logits(hs3[-1][0, P + acc])
+        want = [t for t in toks[1:acc + 1]] + [int(logits_a.argmax().item())]
+        ok = all(model.logits(hs3[-1][0, P + i]).argmax().item() == toks[i + 1]
+                 for i in range(acc)) and want[-1] == sp["next"]
+        check("spec round: the emitted tokens are full depth's greedy ones", ok,
+              f"emitted {want[:-1]} + {sp['next']}, torch's next {want[-1]}")
 
     print(f"{passed} passed, {failed} failed")
     return 0 if failed == 0 else 1
