@@ -18,12 +18,21 @@
  *  - the candidate order ("the order") is: logit descending, then global token
  *    id ascending.  Top-K, argmax, top-2 and every exposed candidate list
  *    follow it;
- *  - a sequence exits iff its confidence c > lambda (strictly);
+ *  - a sequence exits iff its confidence c > lambda (strictly), compared in
+ *    float on the values eevp_result reports: its confidence against its
+ *    threshold lambda(t), so a threshold equal to a reported confidence does
+ *    not exit; threshold +INFINITY never exits before the last layer;
  *  - the logit of token v is z_v = cap * tanh((scale * (W_v . norm(h)) + b_v) / cap),
  *    where the norm, the scale (1 when unset), the bias b (0 when unset) and
  *    the soft-cap (none when unset: z_v = scale * (W_v . norm(h)) + b_v) are
- *    all optional;
- *  - token ids are global: local row r of a head reports r + vocab_offset.
+ *    all optional; a bias of -INFINITY gives z_v = -INFINITY (a masked token),
+ *    also under the soft-cap (not -cap);
+ *  - token ids are global: local row r of a head reports r + vocab_offset;
+ *  - arrays the caller passes (W, weights_half, the norm vectors, the logit
+ *    bias, hidden states, id lists) need only their element's alignment (4
+ *    bytes for float, 2 for uint16_t): a 4-byte-aligned mmap pointer works
+ *    for W, and a leading dimension need not be a multiple of anything.  Only
+ *    a kernel's `work` area must be 64-byte aligned.
  *
  * Threads: an eevp_head is immutable after creation; any number of threads
  * may use one head at once (kernels and contexts only read it).  An eevp_ctx
@@ -124,7 +133,10 @@ typedef enum eevp_weight {
 } eevp_weight;
 
 /** Built-in exit criteria.  Each yields a confidence c in [0, 1] (saturation
- * in [-1, 1]).  With no candidate of finite logit (all masked) c = 0. */
+ * in [-1, 1]).  With no candidate of finite logit (all masked) c = 0 for
+ * every criterion that reads logits (stability included: its run starts
+ * again), and the token is the first candidate in the order, the lowest id
+ * (the pruned set is then the K lowest ids). */
 typedef enum eevp_criterion {
     /** c = p1 - p2, top-1 minus top-2 probability of the softmax over the
      * candidates (p2 = 0 when there is a single candidate). */
@@ -165,12 +177,16 @@ typedef enum eevp_schedule {
 } eevp_schedule;
 
 /** What decides a sequence's token at the last layer when it did not exit
- * earlier. */
+ * earlier.  The trade-off: with pruning, a token that does not exit costs
+ * two full projections under EEVP_FINAL_FULL (one at the pruning layer, one
+ * at the last), one under EEVP_FINAL_PRUNED, which may then change it
+ * (docs/METHOD.md section 5.3). */
 typedef enum eevp_final {
     /** The full head's argmax: exactly the model's own output (default). */
     EEVP_FINAL_FULL = 0,
     /** The argmax over the pruned set (falls back to the full head when the
-     * sequence has no pruned set, e.g. with the saturation criterion). */
+     * sequence has no pruned set, e.g. with the saturation criterion, and
+     * when the last layer is the pruning layer itself). */
     EEVP_FINAL_PRUNED = 1
 } eevp_final;
 
@@ -242,11 +258,19 @@ typedef struct eevp_head_options {
     int64_t dim;              /**< d, columns of W, 1 .. EEVP_MAX_DIM */
     int64_t row_stride;       /**< floats between rows of W, dim .. INT32_MAX
                                  (BLAS's leading dimension); 0 means dim */
-    const float *weights;     /**< W, row-major, row v = token v; required */
+    const float *weights;     /**< W, row-major, row v = token v; required;
+                                 float alignment suffices (4 bytes) */
     int64_t vocab_offset;     /**< global id of row 0, >= 0; ids stay < 2^31 */
     int32_t norm;             /**< eevp_norm */
-    float norm_eps;           /**< added to the variance / mean square, >= 0 */
-    const float *norm_weight; /**< d floats, NULL means all ones */
+    /** Added to the variance / mean square, >= 0 (default 1e-6).  Must match
+     * the model's own epsilon: a Llama checkpoint's rms_norm_eps (config.json:
+     * 1e-5 or 1e-6 depending on the model); a wrong eps shifts every logit.
+     * With 0, a state whose mean square (RMS) or variance (LayerNorm) is 0
+     * normalises to zero (plus norm_bias), not to NaN. */
+    float norm_eps;
+    const float *norm_weight; /**< d floats, NULL means all ones; ignored with
+                                 EEVP_NORM_NONE (yet copied under
+                                 EEVP_HEAD_COPY) */
     const float *norm_bias;   /**< d floats, EEVP_NORM_LAYER only, NULL means 0 */
     const float *logit_bias;  /**< V floats (-INFINITY masks a token), may be NULL */
     float logit_scale;        /**< > 0; 0 means 1 */
@@ -309,13 +333,26 @@ typedef struct eevp_ctx_options {
     int32_t n_layers;       /**< L, 1 .. EEVP_MAX_LAYERS; required */
     int32_t max_batch;      /**< 1 .. EEVP_MAX_BATCH */
     int32_t k;              /**< pruned set size; 0 or >= V: no pruning (full
-                               vocabulary at every checked layer) */
+                               vocabulary at every checked layer); ignored
+                               under EEVP_STATIC_ONLY, whose set is the
+                               static list (k = 0 included) */
     int32_t first_layer;    /**< f, 0 .. L-1 */
     int32_t interval;       /**< i >= 1 */
     int32_t prune_layer;    /**< p, 0 .. f; -1 means f */
-    int32_t final_policy;   /**< eevp_final */
+    /** eevp_final.  The default, EEVP_FINAL_FULL, pays two full projections
+     * on a token that holds a pruned set and does not exit (at the pruning
+     * layer and at the last) and emits the model's own token; EEVP_FINAL_PRUNED
+     * pays one and decides on the set, which may change the token. */
+    int32_t final_policy;
     int32_t criterion;      /**< eevp_criterion, built-ins only */
-    float threshold;        /**< lambda; finite */
+    /** lambda: finite, or +INFINITY, "never exit early": no sequence exits
+     * before the last layer whatever the criterion (a custom criterion's own
+     * exit decision included: it is called at the last layer only), and only
+     * the layers still needed are required: the last, plus the pruning and
+     * re-pruning layers when EEVP_FINAL_PRUNED decides on their set.  With
+     * EEVP_FINAL_FULL every token is then the full head's argmax at the last
+     * layer, the model's own output.  -INFINITY and NaN are EEVP_ERANGE. */
+    float threshold;
     int32_t schedule;       /**< eevp_schedule */
     float schedule_tau;     /**< tau for EEVP_SCHEDULE_CALM, finite, >= 0 */
     int32_t max_length;     /**< N for EEVP_SCHEDULE_CALM, >= 1 */
@@ -338,14 +375,18 @@ typedef struct eevp_ctx_options {
     const int32_t *static_ids; /**< n_static global ids; copied at creation */
     int32_t n_static;          /**< 0 .. EEVP_MAX_LIST */
     /** Re-pruning: recompute the top-K from the full head again at the
-     * checked layer reprune_layer (> the pruning layer; -1: never), and/or
-     * at every reprune_every-th checked layer after the pruning layer (0:
-     * never).  That layer is then decided on the full vocabulary. */
+     * checked layer reprune_layer (> the pruning layer, < L-1; -1: never),
+     * and/or at every reprune_every-th checked layer after the pruning layer
+     * (0: never).  That layer is then decided on the full vocabulary (the
+     * JS criterion there compares over the set held before it).  The last
+     * layer never re-prunes: a reprune_every count landing on it is skipped,
+     * and EEVP_FINAL_PRUNED decides on the latest set (docs/POLICIES.md). */
     int32_t reprune_layer;
     int32_t reprune_every;     /**< see reprune_layer */
     /** Adaptive K: when adaptive_mass is in (0, 1], the dynamic part of the
      * set is the smallest top set of the pruning layer's softmax holding at
-     * least that probability mass, clamped to [k_min, k].  0: fixed K. */
+     * least that probability mass, clamped to [k_min, k] (recomputed from
+     * its own layer's softmax at each re-pruning).  0: fixed K. */
     float adaptive_mass;
     int32_t k_min;             /**< 1 .. k, used with adaptive_mass */
     /** @} */
@@ -421,7 +462,12 @@ typedef enum eevp_static {
     EEVP_STATIC_NONE = 0,  /**< no static list (static_ids ignored) */
     EEVP_STATIC_UNION = 1, /**< top-K united with the static list */
     EEVP_STATIC_ONLY = 2   /**< the static list alone: no top-K, no full
-                              projection at the pruning layer unless checked */
+                              projection at the pruning layer unless checked.
+                              A checked pruning layer is still decided on the
+                              full vocabulary: with first_layer = L-1 (and
+                              prune_layer -1) that is the last layer, so the
+                              set is held but never used; set prune_layer
+                              below it to decide there on the list */
 } eevp_static;
 
 /** Initialiser of an eevp_ctx_options with the defaults (n_layers to set). */
@@ -463,8 +509,9 @@ EEVP_API const char *eevp_ctx_errmsg(const eevp_ctx *ctx);
  * configuration, the criterion and the statistics are kept. */
 EEVP_API int eevp_ctx_reset(eevp_ctx *ctx);
 
-/** 1 when the host must hand over `layer` in every step (a checked layer or
- * the pruning layer), 0 when it need not, EEVP_ERANGE outside 0 .. L-1. */
+/** 1 when the host must hand over `layer` in every step (a checked layer, a
+ * re-pruning layer or the pruning layer; with threshold +INFINITY only
+ * those still needed), 0 when it need not, EEVP_ERANGE outside 0 .. L-1. */
 EEVP_API int eevp_ctx_layer_required(const eevp_ctx *ctx, int32_t layer);
 
 /** Bytes this context allocated (equals eevp_ctx_memory_estimate). */
@@ -475,9 +522,13 @@ EEVP_API int64_t eevp_ctx_memory(const eevp_ctx *ctx);
 /* ------------------------------------------------------------------------ */
 
 /** Begin a step for sequences 0 .. n_seq-1 (1 <= n_seq <= max_batch).
- * positions[s] is sequence s's generation index t >= 0 (used by the CALM
- * schedule); NULL means t = 0 for all.  EEVP_ESTATE when a step is in
- * progress (finish it with eevp_step_end or eevp_step_abandon). */
+ * positions[s] is sequence s's generation index t >= 0: how many tokens it
+ * has generated before this one (0 for the token predicted from the last
+ * prompt position), not its position in the context.  Only the decaying
+ * (CALM) threshold reads it (a custom criterion sees it as view.position);
+ * NULL means t = 0 for all.  Prompt tokens need no step: they run through
+ * the layers without one (docs/INTEGRATION.md).  EEVP_ESTATE when a step
+ * is in progress (finish it with eevp_step_end or eevp_step_abandon). */
 EEVP_API int eevp_step_begin(eevp_ctx *ctx, int32_t n_seq, const int32_t *positions);
 
 /** Hand over the hidden states (raw, before the final norm) after `layer`.
@@ -495,8 +546,9 @@ EEVP_API int eevp_step_begin(eevp_ctx *ctx, int32_t n_seq, const int32_t *positi
  *    running sequence exactly once and nothing else.
  *
  * Each running sequence is then decided independently: it exits (reason
- * EEVP_REASON_CONFIDENT) when its confidence c > lambda(t); at layer L-1 it
- * resolves with EEVP_REASON_LAST_LAYER.  Query eevp_step_result.
+ * EEVP_REASON_CONFIDENT) when its confidence c > lambda(t), both as the
+ * floats eevp_result reports; at layer L-1 it resolves with
+ * EEVP_REASON_LAST_LAYER.  Query eevp_step_result.
  *
  * Returns EEVP_OK; or an argument/state error with nothing changed; or, when
  * one or more sequences failed on their own (EEVP_ENONFINITE for NaN/Inf in
@@ -573,7 +625,7 @@ typedef struct eevp_exit_view {
     int32_t seq;              /**< sequence index in the step */
     int32_t layer;            /**< this layer */
     int32_t n_layers;         /**< L */
-    int32_t position;         /**< generation index t */
+    int32_t position;         /**< generation index t (eevp_step_begin) */
     int32_t dim;              /**< d */
     const float *hidden;      /**< raw hidden state (before the norm), d floats */
     const float *prev_hidden; /**< previous checked layer's, NULL at the first
@@ -602,10 +654,11 @@ typedef struct eevp_criterion_vtbl {
     const char *name;      /**< may be NULL; not copied, keep it alive */
     uint32_t needs;        /**< EEVP_NEEDS_* */
     /** Required.  Write the confidence (finite) to *confidence.  *exit comes
-     * in as -1, meaning "exit iff confidence > threshold"; set it to 0 or 1 to
-     * decide yourself (ignored at the last layer).  Return 0, or non-zero
-     * for an error (the sequence then finishes with EEVP_EUSER).  Must not
-     * call back into the context (EEVP_EBUSY). */
+     * in as -1, meaning "exit iff confidence > threshold" (both floats); set
+     * it to 0 or 1 to decide yourself (ignored at the last layer; with
+     * threshold +INFINITY decide is only called there).  Return 0, or
+     * non-zero for an error (the sequence then finishes with EEVP_EUSER).
+     * Must not call back into the context (EEVP_EBUSY). */
     int (*decide)(void *state, const eevp_exit_view *view,
                   float *confidence, int32_t *exit);
     /** May be NULL.  Called for each sequence at every eevp_step_begin. */
@@ -695,8 +748,10 @@ EEVP_API int eevp_topk(const float *x, int64_t n, int32_t k, int64_t id_offset,
  * last eevp_ctx_stats_reset (abandoned steps are not counted).
  *
  * FLOPs and bytes are counted analytically: a projection over R rows of W for one hidden
- * state is (2d-1)*R FLOPs and 4*R*d bytes of W; a gather of K rows is
- * 4*K*d bytes.  The baseline is a full-vocabulary projection at every check
+ * state is (2d-1)*R FLOPs and b*R*d bytes of W, b the bytes of one weight as
+ * the head stores it (4 in fp32, 2 in fp16 and bf16); a gather of K rows
+ * reads b*K*d bytes of W, and a pruned check over them 4*K*d (gathered rows
+ * are fp32).  The baseline is a full-vocabulary projection at every check
  * actually performed. */
 typedef struct eevp_stats {
     uint32_t struct_size;          /**< set by the caller: sizeof(eevp_stats) */

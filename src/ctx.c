@@ -93,7 +93,10 @@ static int read_options(eevp_ctx_options *o, const eevp_head *head,
     ENUM(o->criterion >= EEVP_CRITERION_TOP2_GAP && o->criterion <= EEVP_CRITERION_JS,
          "criterion %d is not a built-in criterion (custom ones go through "
          "eevp_ctx_set_criterion)", (int)o->criterion);
-    RANGE(isfinite(o->threshold), "threshold must be finite");
+    /* +INFINITY is the documented "never exit early"; -INFINITY and NaN
+     * stay refused. */
+    RANGE(isfinite(o->threshold) || o->threshold == INFINITY,
+          "threshold must be finite, or +INFINITY (never exit early)");
     ENUM(o->schedule == EEVP_SCHEDULE_CONSTANT || o->schedule == EEVP_SCHEDULE_CALM,
          "unknown schedule %d", (int)o->schedule);
     RANGE(isfinite(o->schedule_tau) && o->schedule_tau >= 0.0f,
@@ -276,6 +279,7 @@ static int64_t configure(eevp_ctx *c, const eevp_head *head, const eevp_ctx_opti
         if (o->static_mode == EEVP_STATIC_ONLY)
             c->k = 0;
     }
+    c->never_exit = o->threshold == INFINITY;
     c->criterion = o->criterion;
     c->needs = o->criterion == EEVP_CRITERION_SATURATION ? EEVP_NEEDS_PREV_HIDDEN
                                                          : EEVP_NEEDS_LOGITS;
@@ -412,21 +416,33 @@ EEVP_API int eevp_ctx_reset(eevp_ctx *ctx)
     return EEVP_OK;
 }
 
-int eevpi_ctx_is_checked(const eevp_ctx *ctx, int32_t layer)
+/* The checked layers as configured: {f, f+i, ...} and L-1. */
+static int configured_check(const eevp_ctx *ctx, int32_t layer)
 {
     if (layer == ctx->o.n_layers - 1)
         return 1;
     return layer >= ctx->o.first_layer && (layer - ctx->o.first_layer) % ctx->o.interval == 0;
 }
 
+int eevpi_ctx_is_checked(const eevp_ctx *ctx, int32_t layer)
+{
+    /* threshold +INFINITY: nothing can exit before the last layer, so the
+     * criterion (a custom one's own exit decision included) runs there only. */
+    if (ctx->never_exit)
+        return layer == ctx->o.n_layers - 1;
+    return configured_check(ctx, layer);
+}
+
 int eevpi_ctx_pruning(const eevp_ctx *ctx)
 {
-    return ctx->kmax > 0 && (ctx->needs & EEVP_NEEDS_LOGITS);
+    /* Without early exits the set serves only a pruned final decision. */
+    return ctx->kmax > 0 && (ctx->needs & EEVP_NEEDS_LOGITS) &&
+           (!ctx->never_exit || ctx->o.final_policy == EEVP_FINAL_PRUNED);
 }
 
 int eevpi_ctx_required(const eevp_ctx *ctx, int32_t layer)
 {
-    if (eevpi_ctx_is_checked(ctx, layer))
+    if (eevpi_ctx_is_checked(ctx, layer) || eevpi_ctx_reprunes(ctx, layer))
         return 1;
     /* A static-only set is known before the step: nothing to prune at p. */
     return layer == ctx->p && eevpi_ctx_pruning(ctx) && ctx->o.static_mode != EEVP_STATIC_ONLY;
@@ -436,14 +452,14 @@ int eevpi_ctx_reprunes(const eevp_ctx *ctx, int32_t layer)
 {
     int32_t l, n = 0;
     if (!eevpi_ctx_pruning(ctx) || ctx->k == 0 || layer <= ctx->p ||
-        layer >= ctx->o.n_layers - 1 || !eevpi_ctx_is_checked(ctx, layer))
+        layer >= ctx->o.n_layers - 1 || !configured_check(ctx, layer))
         return 0;
     if (layer == ctx->o.reprune_layer)
         return 1;
     if (ctx->o.reprune_every <= 0)
         return 0;
     for (l = ctx->p + 1; l <= layer; l++)
-        n += eevpi_ctx_is_checked(ctx, l);
+        n += configured_check(ctx, l);
     return n % ctx->o.reprune_every == 0;
 }
 

@@ -42,6 +42,7 @@ struct eevp_ctx {
     int32_t kmax;       /* largest set a sequence can hold; 0: pruning off */
     int32_t criterion;  /* eevp_criterion */
     int32_t needs;      /* EEVP_NEEDS_* of the criterion in use */
+    int32_t never_exit; /* threshold +INFINITY: no check before the last layer */
     eevp_criterion_vtbl user;
     void *user_state;
 
@@ -106,11 +107,15 @@ int eevpi_ctx_fail(eevp_ctx *ctx, int code, const char *fmt, ...)
     ;
 /* Clear the message; EEVP_EINVAL / EEVP_EBUSY for an unusable context. */
 int eevpi_ctx_enter(eevp_ctx *ctx);
+/* 1 when the criterion runs at `layer`: a configured checked layer, or
+ * under threshold +INFINITY the last layer only. */
 int eevpi_ctx_is_checked(const eevp_ctx *ctx, int32_t layer);
 int eevpi_ctx_required(const eevp_ctx *ctx, int32_t layer);
-/* 1 when `layer` re-prunes (a checked layer after p, not the last). */
+/* 1 when `layer` re-prunes (a configured checked layer after p, not the
+ * last; under threshold +INFINITY only when the final policy needs the set). */
 int eevpi_ctx_reprunes(const eevp_ctx *ctx, int32_t layer);
-/* 1 when pruning is active: a logits criterion and a set to hold. */
+/* 1 when pruning is active: a logits criterion and a set to hold (under
+ * threshold +INFINITY only for EEVP_FINAL_PRUNED, the one use of the set). */
 int eevpi_ctx_pruning(const eevp_ctx *ctx);
 float eevpi_ctx_lambda(const eevp_ctx *ctx, int32_t t);
 /* Binary search in a sorted id list. */

@@ -185,11 +185,20 @@ static void resolve(eevp_ctx *ctx, int32_t s, int32_t reason, int32_t token, int
     q->cand_n = cand_n;
 }
 
-static void count_projection(eevp_ctx *ctx, int64_t rows)
+/* Bytes of one weight of W as the head stores it: 4 in fp32, 2 in fp16 and
+ * bf16.  Gathered rows are fp32 whatever the head's storage. */
+static int64_t w_bytes(const eevp_head *h)
+{
+    return h->wtype == EEVP_WEIGHT_F32 ? 4 : 2;
+}
+
+/* A projection over `rows` rows of `bytes_per_weight` each: W's own rows
+ * (w_bytes) or gathered fp32 rows (4). */
+static void count_projection(eevp_ctx *ctx, int64_t rows, int64_t bytes_per_weight)
 {
     const int64_t d = ctx->head->d;
     ctx->pending.flops += (2 * d - 1) * rows;
-    ctx->pending.bytes += 4 * rows * d;
+    ctx->pending.bytes += bytes_per_weight * rows * d;
 }
 
 static void count_check(eevp_ctx *ctx)
@@ -197,7 +206,7 @@ static void count_check(eevp_ctx *ctx)
     const int64_t d = ctx->head->d, V = ctx->head->V;
     ctx->pending.checks++;
     ctx->pending.flops_base += (2 * d - 1) * V;
-    ctx->pending.bytes_base += 4 * V * d;
+    ctx->pending.bytes_base += w_bytes(ctx->head) * V * d;
 }
 
 static float *slot_logits(const eevp_ctx *ctx, int32_t slot)
@@ -269,7 +278,7 @@ static void project_full(eevp_ctx *ctx, const int32_t *list, const int32_t *xrow
      * get alone, whatever the batch. */
     eevpi_head_project_pool(ctx->head, ctx->pool, m, ctx->xn, ctx->logits, V,
                             (ctx->o.flags & EEVP_CTX_BATCH_INVARIANT) != 0);
-    count_projection(ctx, (int64_t)m * V);
+    count_projection(ctx, (int64_t)m * V, w_bytes(ctx->head));
 }
 
 /* Outcome of one check. */
@@ -278,6 +287,15 @@ typedef struct check {
     int32_t exit;    /* 0 or 1 */
     int32_t token;   /* global id of the top-1 candidate */
 } check;
+
+/* The exit rule, c > lambda, on the values eevp_result reports: the
+ * confidence rounded to float (as resolve stores it) against the float
+ * lambda(t).  Comparing the double would let a threshold set to a reported
+ * confidence exit whenever the double lay above its float. */
+static int32_t exits(double conf, float lambda)
+{
+    return (float)conf > lambda;
+}
 
 /* Restrict full-vocabulary logits to the sequence's pruned set. */
 static const float *restrict_to_set(eevp_ctx *ctx, int32_t s, const float *z)
@@ -315,6 +333,7 @@ static int call_user(eevp_ctx *ctx, const eevp_exit_view *v, check *c)
     if (!isfinite(conf) || ex < -1 || ex > 1)
         return EEVP_ECALLBACK;
     c->conf = conf;
+    /* Both floats: the values eevp_result reports. */
     c->exit = ex < 0 ? conf > v->threshold : ex;
     return EEVP_OK;
 }
@@ -365,6 +384,14 @@ static int check_logits(eevp_ctx *ctx, int32_t s, int32_t layer, const float *h,
         c->conf = eevpi_conf_entropy(z, &dist);
         break;
     case EEVP_CRITERION_STABILITY:
+        if (dist.n_finite == 0) {
+            /* Every candidate masked: no top-1 to hold (c = 0, as for the
+             * other logit criteria), and the run starts again. */
+            q->run = 0;
+            q->last_top1 = -1;
+            c->conf = 0.0;
+            break;
+        }
         q->run = q->last_top1 == c->token ? q->run + 1 : 1;
         q->last_top1 = c->token;
         c->conf = q->run >= ctx->o.patience ? 1.0 : 0.0;
@@ -404,7 +431,7 @@ static int check_logits(eevp_ctx *ctx, int32_t s, int32_t layer, const float *h,
         return call_user(ctx, &v, c);
     }
     }
-    c->exit = c->conf > q->res.threshold;
+    c->exit = exits(c->conf, q->res.threshold);
     return EEVP_OK;
 }
 
@@ -420,7 +447,7 @@ static int check_hidden(eevp_ctx *ctx, int32_t s, int32_t layer, const float *h,
         return call_user(ctx, &v, c);
     }
     c->conf = q->has_prev_h ? eevpi_cosine(ctx->head->kern, h, prev, ctx->head->d) : 0.0;
-    c->exit = c->conf > q->res.threshold;
+    c->exit = exits(c->conf, q->res.threshold);
     return EEVP_OK;
 }
 
@@ -515,7 +542,7 @@ static int build_set(eevp_ctx *ctx, int32_t s, const float *z)
     q->has_set = 1;
     /* Counted per set, as the per-sequence path reads it, whichever way the
      * rows are gathered (a union gather reads shared rows once). */
-    ctx->pending.bytes += 4 * (int64_t)n * h->d;
+    ctx->pending.bytes += w_bytes(h) * (int64_t)n * h->d;
     ctx->pending.pruned_sets++;
     ctx->pending.set_size_sum += n;
     ctx->size_hist_pending[n]++;
@@ -726,7 +753,7 @@ static void layer_pruned(eevp_ctx *ctx, int32_t layer, int32_t m, int32_t *list,
         eevpi_seq *q = &ctx->seq[s];
         const float *z = slot_logits(ctx, q->slot);
         int rc;
-        count_projection(ctx, q->set_n);
+        count_projection(ctx, q->set_n, 4);
         rc = check_logits(ctx, s, layer, hrow[i], z, q->set_ids, q->set_n, 1, 0, &c);
         if (rc != EEVP_OK) {
             fail_seq(ctx, s, layer, rc, first);
@@ -796,9 +823,9 @@ static void layer_screened(eevp_ctx *ctx, int32_t layer, int32_t m, int32_t *lis
         q->set_n = ctx->k;
         q->has_set = 1;
         /* The int8 pass reads one byte a weight; then m*K exact rows, and
-         * the K rows gathered. */
+         * the K rows gathered, from W as stored. */
         ctx->pending.flops += (2 * d - 1) * (h->V + sm);
-        ctx->pending.bytes += h->V * d + 4 * (sm + ctx->k) * d;
+        ctx->pending.bytes += h->V * d + w_bytes(h) * (sm + ctx->k) * d;
         ctx->pending.pruned_sets++;
         ctx->pending.set_size_sum += ctx->k;
         ctx->size_hist_pending[ctx->k]++;

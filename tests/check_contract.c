@@ -854,7 +854,7 @@ START_TEST(test_ctx_create_errors)
     case 19: what = "schedule 2"; o.schedule = 2; e1 = EEVP_EINVAL; break;
     case 20: what = "schedule -1"; o.schedule = -1; e1 = EEVP_EINVAL; break;
     case 21: what = "threshold NaN"; o.threshold = NAN; e1 = EEVP_ERANGE; break;
-    case 22: what = "threshold inf"; o.threshold = INFINITY; e1 = EEVP_ERANGE; break;
+    case 22: what = "threshold -inf"; o.threshold = -INFINITY; e1 = EEVP_ERANGE; break;
     case 23: what = "max_length 0 with CALM"; o.schedule = EEVP_SCHEDULE_CALM;
         o.max_length = 0; e1 = EEVP_ERANGE; break;
     case 24: what = "max_length < 0 with CALM"; o.schedule = EEVP_SCHEDULE_CALM;
@@ -912,12 +912,15 @@ START_TEST(test_ctx_create_edges_ok)
     o = ctx_opts(1, 1, 2, 0, 1000, 0);
     c = ctx_on(h, &o);
     eevp_ctx_free(c);
-    /* Threshold: any finite value. */
+    /* Threshold: any finite value, and +INFINITY (never exit early). */
     o = ctx_opts(3, 2, 2, 1, 1, 0);
     o.threshold = -3.0f;
     c = ctx_on(h, &o);
     eevp_ctx_free(c);
     o.threshold = 1e30f;
+    c = ctx_on(h, &o);
+    eevp_ctx_free(c);
+    o.threshold = INFINITY;
     c = ctx_on(h, &o);
     eevp_ctx_free(c);
     eevp_head_free(h);
