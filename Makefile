@@ -128,7 +128,7 @@ check: deps-check
 	$(MAKE) all tests/check_eevp
 	CK_DEFAULT_TIMEOUT=$${CK_DEFAULT_TIMEOUT:-60} tests/check_eevp
 	sh tests/check_symbols.sh
-	$(MAKE) check-licence check-spec-dist check-reliability check-python check-examples check-tinylm check-cmake
+	$(MAKE) check-licence check-spec-dist check-reliability check-python check-examples check-tinylm check-cmake check-docs
 
 # Speculative sampling keeps the full head's law (tests/spec_dist.c: chi-square
 # tests over 400000 samples, too many for valgrind, hence their own binary);
@@ -150,6 +150,14 @@ check-spec-dist: build/spec_dist build/spec_dist_mutated
 check-licence:
 	python3 tests/check_licence.py
 
+# The guides' C, C++ and Python blocks, built against the tree and run, each
+# as a program or pasted into its harness (tests/docs/README.md); a few
+# seconds.  Any unmarked block fails it.
+.PHONY: check-docs
+check-docs: all
+	python3 tests/docs/check_docs.py --cc '$(CC)' --cflags '$(ALL_CFLAGS) -Werror' \
+	  --cxx '$(CXX)' --libs '$(BLAS_LIBS)' --python '$(PYTHON)'
+
 # The same suites with the library and the tests built under ASan and UBSan,
 # linked statically so that the instrumented objects are the ones tested.
 check-asan: deps-check
@@ -161,7 +169,7 @@ check-asan: deps-check
 
 # ---- examples ---------------------------------------------------------------
 EXAMPLES := examples/demo examples/hello examples/minimal examples/custom_criterion \
-  examples/sampling
+  examples/sampling examples/prefill
 
 examples/%: examples/%.c include/eevp.h $(SHARED) lib/libeevp.so
 	$(CC) $(ALL_CFLAGS) -o $@ $< -Llib -leevp -Wl,-rpath,'$$ORIGIN/../lib' -lm
@@ -183,7 +191,7 @@ FUZZ_CC ?= clang
 FUZZ_SECONDS ?= 60
 FUZZ_SEED ?= 1
 # The demo runtime's checkpoint loader joins when it is in the tree.
-FUZZ_TARGETS := api options kernels $(if $(wildcard examples/tinylm/ckpt.c),tinylm)
+FUZZ_TARGETS := api options kernels spec $(if $(wildcard examples/tinylm/ckpt.c),tinylm)
 FUZZ_FLAGS := -g -O1 -fno-omit-frame-pointer -fsanitize=fuzzer,address,undefined \
   -fno-sanitize-recover=undefined
 FUZZ_DEPS := tests/fuzz/fuzz_common.h $(SRCS) $(wildcard src/*.h) include/eevp.h
@@ -380,6 +388,7 @@ check-examples: all examples
 	examples/minimal
 	examples/custom_criterion
 	examples/sampling
+	examples/prefill
 	$(PYTHON_TEST_ENV) $(PYTHON) examples/python_demo.py
 	$(PYTHON_TEST_ENV) EEVP_REQUIRE_NUMPY=1 $(PYTHON) examples/numpy_loop.py
 	rm -rf $(EXAMPLE_DESTDIR)

@@ -881,7 +881,8 @@ EEVP_API int eevp_spec_round(eevp_spec *spec, int32_t seq, uint64_t key, int32_t
  * draft: *token is -1, nothing is recorded, and the round should be
  * verified now.  *more (may be NULL) is 1 while another draft fits.
  * EEVP_ESTATE without a round, EEVP_ERANGE when the round is full or the
- * set exceeds max_set; the record is unchanged on any error.  The drafting
+ * set exceeds max_set, EEVP_ENONFINITE when every candidate is masked; the
+ * record is unchanged on any error.  The drafting
  * context may use any head over the same token ids and any policy
  * (pruning, screening, exact-token exits, threads): verification keeps the
  * output exact whatever drafted. */
@@ -913,9 +914,13 @@ typedef struct eevp_spec_result {
  * (ld_hidden floats apart; n_j = eevp_spec_n_drafts); the rows go through
  * the full head in chunks of 8 on the fixed-order kernel, so a sequence's
  * outcome does not depend on the others.  results[j] gets slot seqs[j]'s
- * outcome (struct_size set by the caller).  A slot whose rows hold NaN or
+ * outcome: every element's struct_size set by the caller to the same value,
+ * which is also the stride the library walks the array with (so an array
+ * of a newer or older layout works).  A slot whose rows hold NaN or
  * Inf gets status EEVP_ENONFINITE and keeps its round for a retry; every
  * other verified slot's round ends (start the next with eevp_spec_round).
+ * Logits that overflow to Inf count as non-finite too; a row whose every
+ * token is masked (-inf logit bias) gives the lowest id, as a context does.
  * A bad argument (a slot without a round, repeated, out of range) fails the
  * whole call with nothing changed. */
 EEVP_API int eevp_spec_verify(eevp_spec *spec, int32_t n_seq, const int32_t *seqs,

@@ -65,6 +65,7 @@ struct eevp_spec {
     double *qd;             /* V: q spread out over the vocabulary (zeros elsewhere) */
     zid *order;             /* max(V, max_set): ranking scratch for top_k / top_p */
     uint8_t *bad;           /* max_batch: slot flagged in the current call */
+    eevp_spec_result *res;  /* max_batch: a verification's outcomes before they are written */
     int64_t *layer_drafted, *layer_accepted; /* n_layers */
     eevp_spec_stats st;
     char msg[EEVPI_MSG_SIZE];
@@ -81,10 +82,11 @@ static uint64_t mix64(uint64_t x)
 }
 
 /* Uniform in [0, 1) from (seed, key, position, use): the same for a sequence
- * whatever the batch or the order of calls. */
-static double spec_uniform(const eevp_spec *sp, uint64_t key, int32_t position, uint32_t use)
+ * whatever the batch or the order of calls.  Positions are unsigned: a round
+ * may start at INT32_MAX and its drafts' positions wrap (no overflow). */
+static double spec_uniform(const eevp_spec *sp, uint64_t key, uint32_t position, uint32_t use)
 {
-    uint64_t x = mix64(sp->o.seed ^ mix64(key ^ mix64(((uint64_t)(uint32_t)position << 8) | use)));
+    uint64_t x = mix64(sp->o.seed ^ mix64(key ^ mix64(((uint64_t)position << 8) | use)));
     return (double)(x >> 11) * (1.0 / 9007199254740992.0);
 }
 
@@ -191,6 +193,7 @@ static int64_t plan(eevp_spec *sp, eevpi_arena *a)
     sp->qd = (double *)eevpi_arena_take(a, need_p ? V : 0, sizeof(double));
     sp->order = (zid *)eevpi_arena_take(a, rank_n, sizeof(zid));
     sp->bad = (uint8_t *)eevpi_arena_take(a, B, 1);
+    sp->res = (eevp_spec_result *)eevpi_arena_take(a, B, sizeof(eevp_spec_result));
     sp->layer_drafted = (int64_t *)eevpi_arena_take(a, sp->o.n_layers, sizeof(int64_t));
     sp->layer_accepted = (int64_t *)eevpi_arena_take(a, sp->o.n_layers, sizeof(int64_t));
     return a->overflow ? -1 : a->used;
@@ -465,7 +468,8 @@ EEVP_API int eevp_spec_draft(eevp_spec *sp, int32_t seq, eevp_ctx *ctx, int32_t 
                 return fail(sp, EEVP_ERANGE, "a draft candidate is outside the head's ids");
         if (distribution(sp, sp->cand, n, sp->cand_p, sp->order) != 0)
             return fail(sp, EEVP_ENONFINITE, "the draft's candidates have no finite logit");
-        pick = draw(sp->cand_p, n, 1.0, spec_uniform(sp, s->key, s->position + s->n + 1,
+        pick = draw(sp->cand_p, n, 1.0, spec_uniform(sp, s->key,
+                                                       (uint32_t)s->position + (uint32_t)s->n + 1u,
                                                        USE_DRAFT));
         for (i = 0; i < n; i++) {
             sp->set_ids[base + i] = sp->cand_ids[i];
@@ -484,6 +488,18 @@ EEVP_API int eevp_spec_draft(eevp_spec *sp, int32_t seq, eevp_ctx *ctx, int32_t 
 
 /* ---- verification ---- */
 
+/* 1 when logits hold NaN or +Inf (finite hidden states can overflow): such
+ * a row has no argmax nor distribution, and its slot fails with
+ * EEVP_ENONFINITE, as a context fails such a sequence. */
+static int nonfinite_logits(const float *z, int64_t n)
+{
+    int64_t v;
+    for (v = 0; v < n; v++)
+        if (z[v] != z[v] || z[v] == INFINITY)
+            return 1;
+    return 0;
+}
+
 /* Outcome of row i of a slot with logits z (V, local ids).  Returns 1 when
  * the round ends at this row (token set), 0 when the draft is accepted. */
 static int judge_row(eevp_spec *sp, int32_t slot, int32_t i, const float *z,
@@ -494,6 +510,7 @@ static int judge_row(eevp_spec *sp, int32_t slot, int32_t i, const float *z,
     const int32_t off = (int32_t)h->offset;
     const int64_t V = h->V;
     const spec_draft *dr = i < s->n ? &sp->draft[(int64_t)slot * sp->o.max_draft + i] : NULL;
+    const uint32_t pos = (uint32_t)s->position + (uint32_t)i; /* wraps, never overflows */
     int64_t v;
 
     if (sp->o.temperature == 0.0f) {
@@ -507,10 +524,15 @@ static int judge_row(eevp_spec *sp, int32_t slot, int32_t i, const float *z,
         res->token = (int32_t)best + off;
         return 1;
     }
-    distribution(sp, z, V, sp->p, sp->order);
+    if (distribution(sp, z, V, sp->p, sp->order) != 0) {
+        /* every token masked: the greedy rule's token (ties to the lowest
+         * id, as a context resolves it) as a point mass */
+        memset(sp->p, 0, (size_t)V * sizeof(double));
+        sp->p[0] = 1.0;
+    }
     if (dr == NULL) {
         res->token = (int32_t)draw(sp->p, V, 1.0,
-                                   spec_uniform(sp, s->key, s->position + i, USE_BONUS)) + off;
+                                   spec_uniform(sp, s->key, pos, USE_BONUS)) + off;
         return 1;
     }
     {
@@ -531,7 +553,7 @@ static int judge_row(eevp_spec *sp, int32_t slot, int32_t i, const float *z,
 #if defined(EEVPI_TEST_MUTATE_ACCEPT)
         qx = qx > 0.0 ? 1.0 : 0.0;
 #endif
-        if (qx > 0.0 && spec_uniform(sp, s->key, s->position + i, USE_ACCEPT) * qx < px)
+        if (qx > 0.0 && spec_uniform(sp, s->key, pos, USE_ACCEPT) * qx < px)
             return 0;
         /* the residual max(p - q, 0), normalised */
         memcpy(sp->qd, sp->p, (size_t)V * sizeof(double));
@@ -553,7 +575,7 @@ static int judge_row(eevp_spec *sp, int32_t slot, int32_t i, const float *z,
             total = 1.0;
         }
         res->token = (int32_t)draw(sp->qd, V, total,
-                                   spec_uniform(sp, s->key, s->position + i, USE_RESIDUAL)) + off;
+                                   spec_uniform(sp, s->key, pos, USE_RESIDUAL)) + off;
         return 1;
     }
 }
@@ -564,11 +586,17 @@ EEVP_API int eevp_spec_verify(eevp_spec *sp, int32_t n_seq, const int32_t *seqs,
 {
     const eevp_head *h;
     int64_t total_rows = 0, r, d;
+    uint32_t stride;
     int32_t j;
     int rc;
 
     if (!sp || !seqs || !hidden || !results)
         return EEVP_EINVAL;
+    /* The caller's array is indexed with its own struct_size, so that a
+     * caller built against another minor version walks it correctly. */
+    stride = results[0].struct_size;
+    if (stride < SPEC_RESULT_V1)
+        return fail(sp, EEVP_ESTRUCT, "results[0].struct_size must be set");
     h = sp->head;
     d = h->d;
     if (n_seq < 1 || n_seq > sp->o.max_batch)
@@ -578,8 +606,9 @@ EEVP_API int eevp_spec_verify(eevp_spec *sp, int32_t n_seq, const int32_t *seqs,
     memset(sp->bad, 0, (size_t)sp->o.max_batch);
     for (j = 0; j < n_seq; j++) {
         const int32_t s = seqs[j];
-        if (results[j].struct_size < SPEC_RESULT_V1)
-            return fail(sp, EEVP_ESTRUCT, "results[].struct_size must be set");
+        if (((const eevp_spec_result *)((const char *)results + (size_t)j * stride))
+                ->struct_size != stride)
+            return fail(sp, EEVP_ESTRUCT, "every results[].struct_size must be set, equal");
         if (s < 0 || s >= sp->o.max_batch)
             return fail(sp, EEVP_ERANGE, "a slot outside 0..max_batch-1");
         if (!sp->slot[s].active)
@@ -601,15 +630,17 @@ EEVP_API int eevp_spec_verify(eevp_spec *sp, int32_t n_seq, const int32_t *seqs,
             }
     }
     /* Rows through the full head, SPEC_CHUNK at a time (fixed-order kernel:
-     * each row's bits independent of the chunk), judged in order. */
+     * each row's bits independent of the chunk), judged in order; a slot
+     * with a row of non-finite logits is set aside too. */
     {
         int32_t cur = 0, row_in = 0, done = 0;
         int64_t c0;
         for (j = 0; j < n_seq; j++) {
-            results[j].status = EEVP_OK;
-            results[j].n_drafted = sp->slot[seqs[j]].n;
-            results[j].n_accepted = 0;
-            results[j].token = -1;
+            memset(&sp->res[j], 0, sizeof sp->res[j]);
+            sp->res[j].struct_size = sizeof sp->res[j];
+            sp->res[j].status = EEVP_OK;
+            sp->res[j].n_drafted = sp->slot[seqs[j]].n;
+            sp->res[j].token = -1;
         }
         for (c0 = 0; c0 < total_rows; c0 += SPEC_CHUNK) {
             const int32_t m = (int32_t)(total_rows - c0 < SPEC_CHUNK ? total_rows - c0 : SPEC_CHUNK);
@@ -617,11 +648,13 @@ EEVP_API int eevp_spec_verify(eevp_spec *sp, int32_t n_seq, const int32_t *seqs,
             eevpi_head_project(h, m, sp->xn + c0 * d, sp->z, h->V);
             for (k = 0; k < m; k++) {
                 const int32_t s = seqs[cur];
+                if (!sp->bad[s] && nonfinite_logits(sp->z + (int64_t)k * h->V, h->V))
+                    sp->bad[s] = 1;
                 if (!sp->bad[s] && !done) {
-                    if (judge_row(sp, s, row_in, sp->z + (int64_t)k * h->V, &results[cur]))
+                    if (judge_row(sp, s, row_in, sp->z + (int64_t)k * h->V, &sp->res[cur]))
                         done = 1;
                     else
-                        results[cur].n_accepted++;
+                        sp->res[cur].n_accepted++;
                 }
                 if (++row_in > sp->slot[s].n) {
                     cur++;
@@ -635,10 +668,8 @@ EEVP_API int eevp_spec_verify(eevp_spec *sp, int32_t n_seq, const int32_t *seqs,
     for (j = 0; j < n_seq; j++) {
         const int32_t s = seqs[j];
         spec_slot *sl = &sp->slot[s];
-        eevp_spec_result res = results[j];
+        eevp_spec_result res = sp->res[j];
         int32_t i;
-        res.struct_size = sizeof res;
-        res.reserved = 0;
         if (sp->bad[s]) {
             res.status = EEVP_ENONFINITE;
             res.n_accepted = 0;
@@ -661,7 +692,8 @@ EEVP_API int eevp_spec_verify(eevp_spec *sp, int32_t n_seq, const int32_t *seqs,
             sl->active = 0;
             sl->n = 0;
         }
-        if ((rc = eevpi_write_struct(&results[j], &res, sizeof res, SPEC_RESULT_V1)) != EEVP_OK)
+        if ((rc = eevpi_write_struct((char *)results + (size_t)j * stride, &res, sizeof res,
+                                     SPEC_RESULT_V1)) != EEVP_OK)
             return rc;
     }
     return EEVP_OK;

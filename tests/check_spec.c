@@ -339,6 +339,173 @@ START_TEST(test_bad_input)
 }
 END_TEST
 
+/* Regressions found by tests/fuzz/fuzz_spec.c.  (1) A round may start at any
+ * position up to INT32_MAX: its drafts' positions wrap in the random
+ * numbers instead of overflowing int32_t (UBSan, make check-asan, fails the
+ * old code here).  (2) A head whose tokens are all masked has no
+ * distribution: sampling takes the greedy rule's token (the lowest id, as a
+ * context does) instead of reading an uninitialised one and emitting an id
+ * outside the head.  (3) Finite rows whose logits overflow to +Inf fail
+ * their slot with EEVP_ENONFINITE and keep its round, as a context fails
+ * such a sequence, instead of emitting an arbitrary token. */
+START_TEST(test_regress_positions_masks_overflow)
+{
+    fix *f = malloc(sizeof *f);
+    eevp_spec_options so = EEVP_SPEC_OPTIONS_INIT;
+    eevp_head_options ho = EEVP_HEAD_OPTIONS_INIT;
+    eevp_ctx_options co = EEVP_CTX_OPTIONS_INIT;
+    eevp_spec *sp = NULL;
+    eevp_ctx *ctx = NULL;
+    eevp_head *h2 = NULL;
+    static float bias[V];
+    eevp_spec_stats st = {sizeof st, 0, 0, 0, 0, 0, 0, 0};
+    char msg[256];
+    const int32_t seq = 0;
+    int32_t run, p, i, t;
+    ck_assert_ptr_nonnull(f);
+    fix_init(f, 31u);
+
+    /* (1) sampled drafts and verification at the largest positions */
+    so.temperature = 1.0f;
+    so.max_set = V;
+    so.max_draft = EEVP_MAX_DRAFT;
+    EXPECT(eevp_spec_create(&sp, f->h, &so, msg, sizeof msg) == EEVP_OK, "spec: %s", msg);
+    co.n_layers = 2;
+    co.k = 16;
+    co.threshold = 0.0f;
+    EXPECT(eevp_ctx_create(&ctx, f->h, &co, msg, sizeof msg) == EEVP_OK, "ctx: %s", msg);
+    for (p = 0; p < 2; p++) {
+        const int32_t position = p ? INT32_MAX - 3 : INT32_MAX;
+        eevp_spec_result res[2];
+        int32_t first[2] = {-1, -1};
+        for (run = 0; run < 2; run++) {
+            int32_t tok = -1, more = 0;
+            res[run].struct_size = sizeof res[run];
+            ck_assert_int_eq(eevp_spec_round(sp, 0, 77u, position), EEVP_OK);
+            ck_assert_int_eq(eevp_step_begin(ctx, 1, NULL), EEVP_OK);
+            ck_assert_int_eq(eevp_step_layer(ctx, 0, f->hid, D, 1, NULL), EEVP_OK);
+            ck_assert_int_eq(eevp_spec_draft(sp, 0, ctx, 0, &tok, &more), EEVP_OK);
+            ck_assert_int_eq(eevp_step_end(ctx), EEVP_OK);
+            ck_assert(tok >= OFF && tok < OFF + V);
+            first[run] = tok;
+            for (i = 1; i < EEVP_MAX_DRAFT; i++)
+                ck_assert_int_eq(eevp_spec_add_draft(sp, 0, f->best[i], i % 6), EEVP_OK);
+            ck_assert_int_eq(eevp_spec_verify(sp, 1, &seq, f->hid, D, &res[run]), EEVP_OK);
+            ck_assert_int_eq(res[run].status, EEVP_OK);
+            ck_assert_int_le(res[run].n_accepted, EEVP_MAX_DRAFT);
+            ck_assert(res[run].token >= OFF && res[run].token < OFF + V);
+        }
+        /* the same (seed, key, position) gives the same round */
+        ck_assert_int_eq(first[0], first[1]);
+        ck_assert_int_eq(res[0].n_accepted, res[1].n_accepted);
+        ck_assert_int_eq(res[0].token, res[1].token);
+    }
+    eevp_ctx_free(ctx);
+    eevp_spec_free(sp);
+
+    /* (2) every token masked: the lowest id, greedy and sampled alike */
+    for (i = 0; i < V; i++)
+        bias[i] = -INFINITY;
+    ho.n_vocab = V;
+    ho.dim = D;
+    ho.weights = f->W;
+    ho.vocab_offset = OFF;
+    ho.norm = EEVP_NORM_RMS;
+    ho.logit_bias = bias;
+    EXPECT(eevp_head_create(&h2, &ho, msg, sizeof msg) == EEVP_OK, "head: %s", msg);
+    for (t = 0; t < 2; t++) {
+        eevp_spec_result res = {sizeof res, 0, 0, 0, 0, 0};
+        so = (eevp_spec_options)EEVP_SPEC_OPTIONS_INIT;
+        so.temperature = t ? 0.8f : 0.0f;
+        EXPECT(eevp_spec_create(&sp, h2, &so, msg, sizeof msg) == EEVP_OK, "spec: %s", msg);
+        for (run = 0; run < 20; run++) {
+            ck_assert_int_eq(eevp_spec_round(sp, 0, (uint64_t)run, run), EEVP_OK);
+            ck_assert_int_eq(eevp_spec_add_draft(sp, 0, OFF, 0), EEVP_OK);
+            ck_assert_int_eq(eevp_spec_add_draft(sp, 0, OFF + 3, 0), EEVP_OK);
+            ck_assert_int_eq(eevp_spec_verify(sp, 1, &seq, f->hid, D, &res), EEVP_OK);
+            ck_assert_int_eq(res.status, EEVP_OK);
+            ck_assert_int_eq(res.n_accepted, 1);
+            ck_assert_int_eq(res.token, OFF);
+        }
+        eevp_spec_free(sp);
+    }
+    eevp_head_free(h2);
+
+    /* (3) logits that overflow: the slot fails and keeps its round */
+    ho.logit_bias = NULL;
+    ho.logit_scale = 3e38f;
+    EXPECT(eevp_head_create(&h2, &ho, msg, sizeof msg) == EEVP_OK, "head: %s", msg);
+    for (t = 0; t < 2; t++) {
+        eevp_spec_result res = {sizeof res, 0, 0, 0, 0, 0};
+        so = (eevp_spec_options)EEVP_SPEC_OPTIONS_INIT;
+        so.temperature = t ? 1.0f : 0.0f;
+        EXPECT(eevp_spec_create(&sp, h2, &so, msg, sizeof msg) == EEVP_OK, "spec: %s", msg);
+        ck_assert_int_eq(eevp_spec_round(sp, 0, 1u, 0), EEVP_OK);
+        ck_assert_int_eq(eevp_spec_add_draft(sp, 0, OFF + 1, 0), EEVP_OK);
+        ck_assert_int_eq(eevp_spec_verify(sp, 1, &seq, f->hid, D, &res), EEVP_OK);
+        ck_assert_int_eq(res.status, EEVP_ENONFINITE);
+        ck_assert_int_eq(res.token, -1);
+        ck_assert_int_eq(eevp_spec_n_drafts(sp, 0), 1);
+        ck_assert_int_eq(eevp_spec_stats_get(sp, &st), EEVP_OK);
+        ck_assert_int_eq(st.failed, 1);
+        ck_assert_int_eq(st.rounds, 0);
+        eevp_spec_free(sp);
+    }
+    eevp_head_free(h2);
+    eevp_head_free(f->h);
+    free(f);
+}
+END_TEST
+
+/* The results array is walked with the caller's struct_size: a caller whose
+ * eevp_spec_result is larger (a later layout) gets each outcome in place. */
+START_TEST(test_results_stride)
+{
+    typedef struct bigger {
+        eevp_spec_result r;
+        int64_t later_member;
+    } bigger;
+    fix *f = malloc(sizeof *f);
+    eevp_spec *sp;
+    bigger out[2];
+    eevp_spec_result alone;
+    const int32_t seqs[2] = {1, 0}, one = 0;
+    float rows[3 * D];
+    int j;
+    ck_assert_ptr_nonnull(f);
+    fix_init(f, 21u);
+    sp = make_spec(f, 2, 2);
+    memcpy(rows, f->hid, 2 * D * sizeof(float));      /* slot 1: one draft */
+    memcpy(rows + 2 * D, f->hid, D * sizeof(float));  /* slot 0: none */
+    ck_assert_int_eq(eevp_spec_round(sp, 1, 3u, 0), EEVP_OK);
+    ck_assert_int_eq(eevp_spec_add_draft(sp, 1, f->best[0], 0), EEVP_OK);
+    ck_assert_int_eq(eevp_spec_round(sp, 0, 4u, 0), EEVP_OK);
+    for (j = 0; j < 2; j++) {
+        memset(&out[j], 0x5a, sizeof out[j]);
+        out[j].r.struct_size = sizeof(bigger);
+    }
+    ck_assert_int_eq(eevp_spec_verify(sp, 2, seqs, rows, D, &out[0].r), EEVP_OK);
+    ck_assert_int_eq(out[0].r.status, EEVP_OK);
+    ck_assert_int_eq(out[0].r.n_drafted, 1);
+    ck_assert_int_eq(out[1].r.status, EEVP_OK);
+    ck_assert_int_eq(out[1].r.n_drafted, 0);
+    ck_assert_int_eq(out[1].later_member, 0); /* zero-filled up to struct_size */
+    ck_assert_int_eq(eevp_spec_round(sp, 0, 4u, 0), EEVP_OK);
+    alone.struct_size = sizeof alone;
+    ck_assert_int_eq(eevp_spec_verify(sp, 1, &one, rows + 2 * D, D, &alone), EEVP_OK);
+    ck_assert_int_eq(alone.token, out[1].r.token);
+    /* mixed sizes are refused */
+    ck_assert_int_eq(eevp_spec_round(sp, 0, 4u, 0), EEVP_OK);
+    ck_assert_int_eq(eevp_spec_round(sp, 1, 3u, 0), EEVP_OK);
+    out[0].r.struct_size = sizeof(bigger);
+    out[1].r.struct_size = sizeof(eevp_spec_result);
+    ck_assert_int_eq(eevp_spec_verify(sp, 2, seqs, rows + D, D, &out[0].r), EEVP_ESTRUCT);
+    eevp_spec_free(sp);
+    eevp_head_free(f->h);
+    free(f);
+}
+END_TEST
+
 Suite *make_spec_suite(void)
 {
     Suite *s = suite_create("spec");
@@ -347,6 +514,8 @@ Suite *make_spec_suite(void)
     tcase_add_test(tc, test_batch_independent);
     tcase_add_test(tc, test_draft_from_context);
     tcase_add_test(tc, test_bad_input);
+    tcase_add_test(tc, test_results_stride);
+    tcase_add_test(tc, test_regress_positions_masks_overflow);
     suite_add_tcase(s, tc);
     return s;
 }

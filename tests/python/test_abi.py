@@ -60,6 +60,7 @@ def header_structs():
 C_TYPES = {
     "uint32_t": ctypes.c_uint32, "int32_t": ctypes.c_int32, "int64_t": ctypes.c_int64,
     "float": ctypes.c_float, "double": ctypes.c_double, "uint16_t": ctypes.c_uint16,
+    "uint64_t": ctypes.c_uint64,
 }
 
 
@@ -142,6 +143,13 @@ class StructMirror(unittest.TestCase):
         self.assertEqual((co.max_batch, co.k, co.interval, co.prune_layer, co.patience),
                          (1, 256, 1, -1, 2))
         self.assertAlmostEqual(co.threshold, 0.9, places=6)
+        so = eevp.eevp_spec_options()
+        self.assertEqual(eevp.lib.eevp_spec_options_init(ctypes.byref(so)), 0)
+        self.assertEqual(so.struct_size, ctypes.sizeof(so))
+        self.assertEqual((so.max_batch, so.max_draft, so.max_set, so.n_layers, so.top_k, so.seed),
+                         (1, 4, 256, 0, 0, 0))
+        self.assertEqual((so.temperature, so.top_p), (0.0, 1.0))
+        self.assertFalse(so.allocator)
 
 
 class Constants(unittest.TestCase):

@@ -16,7 +16,7 @@ import os
 import shlex
 import subprocess
 from ctypes import (CFUNCTYPE, POINTER, Structure, c_char_p, c_double, c_float, c_int,
-                    c_int32, c_int64, c_size_t, c_uint32, c_void_p)
+                    c_int32, c_int64, c_size_t, c_uint32, c_uint64, c_void_p)
 
 from . import _install
 from ._version import __version__
@@ -48,6 +48,7 @@ MAX_LAYERS = 4096
 
 MAX_LIST = 65536
 MAX_THREADS = 64
+MAX_DRAFT = 7
 
 HEAD_COPY = 1
 HEAD_NO_SIMD = 2
@@ -257,6 +258,45 @@ class eevp_stats(Structure):
     ]
 
 
+class eevp_spec_options(Structure):
+    _fields_ = [
+        ("struct_size", c_uint32),
+        ("max_batch", c_int32),
+        ("max_draft", c_int32),
+        ("max_set", c_int32),
+        ("n_layers", c_int32),
+        ("temperature", c_float),
+        ("top_k", c_int32),
+        ("top_p", c_float),
+        ("seed", c_uint64),
+        ("allocator", POINTER(eevp_allocator)),
+    ]
+
+
+class eevp_spec_result(Structure):
+    _fields_ = [
+        ("struct_size", c_uint32),
+        ("status", c_int32),
+        ("n_drafted", c_int32),
+        ("n_accepted", c_int32),
+        ("token", c_int32),
+        ("reserved", c_int32),
+    ]
+
+
+class eevp_spec_stats(Structure):
+    _fields_ = [
+        ("struct_size", c_uint32),
+        ("n_layers", c_int32),
+        ("rounds", c_int64),
+        ("drafted", c_int64),
+        ("accepted", c_int64),
+        ("emitted", c_int64),
+        ("verify_rows", c_int64),
+        ("failed", c_int64),
+    ]
+
+
 # --------------------------------------------------------------------------
 # Loading the library
 # --------------------------------------------------------------------------
@@ -305,6 +345,21 @@ _FUNCTIONS = {
     "eevp_ctx_exit_histogram": (c_int, [_P, _P, c_int32]),
     "eevp_ctx_set_size_histogram": (c_int, [_P, _P, c_int32]),
     "eevp_ctx_stats_reset": (c_int, [_P]),
+    # lossless early exit (since 1.2)
+    "eevp_spec_options_init": (c_int, [POINTER(eevp_spec_options)]),
+    "eevp_spec_create": (c_int, [POINTER(c_void_p), _P, POINTER(eevp_spec_options), c_char_p,
+                                 c_size_t]),
+    "eevp_spec_free": (None, [_P]),
+    "eevp_spec_errmsg": (c_char_p, [_P]),
+    "eevp_spec_memory": (c_int64, [_P]),
+    "eevp_spec_round": (c_int, [_P, c_int32, c_uint64, c_int32]),
+    "eevp_spec_draft": (c_int, [_P, c_int32, _P, c_int32, POINTER(c_int32), POINTER(c_int32)]),
+    "eevp_spec_add_draft": (c_int, [_P, c_int32, c_int32, c_int32]),
+    "eevp_spec_n_drafts": (c_int32, [_P, c_int32]),
+    "eevp_spec_verify": (c_int, [_P, c_int32, _P, _P, c_int64, POINTER(eevp_spec_result)]),
+    "eevp_spec_stats_get": (c_int, [_P, POINTER(eevp_spec_stats)]),
+    "eevp_spec_layer_stats": (c_int, [_P, _P, _P, c_int32]),
+    "eevp_spec_stats_reset": (c_int, [_P]),
 }
 
 
