@@ -20,6 +20,12 @@ The recipe follows LayerSkip (Elhoushi et al., 2024), made for early exit:
   layer to the shallowest over the first --curriculum share of the steps;
   the weights are normalised over the layers switched on.
 
+Optionally a second stage continues from a checkpoint (--init DIR, its
+tokenizer reused) with self-distillation (--distill a): each intermediate
+layer's loss becomes (1 - a) * cross-entropy + a * KL(last layer || layer),
+the last layer's distribution held fixed (detached), which trains the early
+layers to predict what the last one will say: what an early exit needs.
+
 Fixed seed; a log goes to model/train_log.json, with each layer's top-1
 agreement with the last layer on the validation split.
 """
@@ -28,6 +34,7 @@ import json
 import math
 import os
 import random
+import shutil
 import sys
 import time
 
@@ -40,6 +47,22 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import wordnet_text  # noqa: E402
 from tinylm_model import Config, TinyLM, save_checkpoint  # noqa: E402
+
+
+def train_tokenizer(args, out, train_l):
+    """Llama-style BPE with byte fallback (unk 0, bos 1, eos 2) on the
+    training split, written to out/tokenizer.model."""
+    tmp = os.path.join(out, ".train_text.txt")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write("\n".join(train_l) + "\n")
+    spm.SentencePieceTrainer.train(
+        input=tmp, model_prefix=os.path.join(out, "tokenizer"), vocab_size=args.vocab,
+        model_type="bpe", byte_fallback=True, character_coverage=1.0,
+        split_digits=True, num_threads=args.threads, seed_sentencepiece_size=200000,
+        input_sentence_size=0, shuffle_input_sentence=False, minloglevel=2,
+        unk_id=0, bos_id=1, eos_id=2, pad_id=-1)
+    os.remove(tmp)
+    os.remove(os.path.join(out, "tokenizer.vocab"))
 
 
 def encode_stream(sp, lines, bos):
@@ -144,6 +167,10 @@ def main():
     ap.add_argument("--curriculum", type=float, default=0.4,
                     help="share of the steps over which the exit losses are switched on, "
                          "deepest layer first (0: all from the start)")
+    ap.add_argument("--init", default=None, metavar="DIR",
+                    help="continue from this checkpoint (and reuse its tokenizer)")
+    ap.add_argument("--distill", type=float, default=0.0,
+                    help="weight a of KL(last || layer) in the intermediate losses")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--amp", default="bf16", choices=["bf16", "off"],
                     help="bf16 autocast for the forward pass (weights, gradients and the "
@@ -174,17 +201,11 @@ def main():
     # Tokenizer: Llama-style BPE with byte fallback (unk 0, bos 1, eos 2).
     if args.eval_only:
         return evaluate_only(args, out, train_l, val_l, test_l, t0)
-    tmp = os.path.join(out, ".train_text.txt")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write("\n".join(train_l) + "\n")
-    spm.SentencePieceTrainer.train(
-        input=tmp, model_prefix=os.path.join(out, "tokenizer"), vocab_size=args.vocab,
-        model_type="bpe", byte_fallback=True, character_coverage=1.0,
-        split_digits=True, num_threads=args.threads, seed_sentencepiece_size=200000,
-        input_sentence_size=0, shuffle_input_sentence=False, minloglevel=2,
-        unk_id=0, bos_id=1, eos_id=2, pad_id=-1)
-    os.remove(tmp)
-    os.remove(os.path.join(out, "tokenizer.vocab"))
+    if args.init:
+        if os.path.abspath(args.init) != out:
+            shutil.copy(os.path.join(args.init, "tokenizer.model"), out)
+    else:
+        train_tokenizer(args, out, train_l)
     sp = spm.SentencePieceProcessor(model_file=os.path.join(out, "tokenizer.model"))
     t_tok = time.time() - t0
     print(f"tokenizer trained in {t_tok:.0f} s", flush=True)
@@ -195,8 +216,14 @@ def main():
     test_s = encode_stream(sp, test_l, bos)
     print(f"tokens: train {len(train_s)} val {len(val_s)} test {len(test_s)}", flush=True)
 
-    cfg = Config(vocab_size=args.vocab)
-    model = TinyLM(cfg)
+    if args.init:
+        from tinylm_model import load_checkpoint
+        model = load_checkpoint(args.init)
+        model.train()
+        cfg = model.cfg
+    else:
+        cfg = Config(vocab_size=args.vocab)
+        model = TinyLM(cfg)
     L = cfg.num_hidden_layers
     nparam = sum(p.numel() for p in model.parameters())
     print(f"parameters: {nparam}", flush=True)
@@ -229,12 +256,20 @@ def main():
         losses = []
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.amp == "bf16"):
             hs = model.hidden_states(inp, drop, gen)
+            final = model.logits(hs[-1].reshape(B * T, -1)).float()
+            teacher = F.log_softmax(final[sub].detach(), -1) if args.distill > 0 else None
             for l, h in enumerate(hs):
                 hf = h.reshape(B * T, -1)
                 if l == L - 1:
-                    losses.append(F.cross_entropy(model.logits(hf).float(), tgt))
+                    losses.append(F.cross_entropy(final, tgt))
                 elif w[l] > 0:
-                    losses.append(F.cross_entropy(model.logits(hf[sub]).float(), tgt[sub]))
+                    lg = model.logits(hf[sub]).float()
+                    ce = F.cross_entropy(lg, tgt[sub])
+                    if teacher is not None:
+                        kl = F.kl_div(F.log_softmax(lg, -1), teacher, log_target=True,
+                                      reduction="batchmean")
+                        ce = (1 - args.distill) * ce + args.distill * kl
+                    losses.append(ce)
                 else:
                     losses.append(torch.zeros(()))
             loss = sum(wl * ll for wl, ll in zip(w, losses) if wl > 0)
@@ -256,7 +291,8 @@ def main():
         "command": " ".join(["/usr/bin/python3"] + sys.argv),
         "seed": args.seed, "steps_schedule": args.steps, "steps_done": stop, "batch": B,
         "seq": T, "lr": args.lr, "intermediate_loss_positions": args.sub,
-        "recipe": "LayerSkip", "layer_dropout_max": args.layer_dropout,
+        "recipe": "LayerSkip", "init": args.init, "distill": args.distill,
+        "layer_dropout_max": args.layer_dropout,
         "layer_dropout": drop, "exit_scale": args.exit_scale,
         "curriculum_share": args.curriculum,
         "threads": args.threads, "amp": args.amp, "parameters": nparam, "dtype": args.dtype,
