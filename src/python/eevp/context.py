@@ -19,6 +19,7 @@ from ._ffi import (CTX_BATCH_INVARIANT, CTX_EXACT_EXIT, CTX_SCREEN, EBUSY, ECALL
                    Schedule, Static, eevp_ctx_options, eevp_result, eevp_stats, lib)
 from .criterion import _method, _Registration
 from .errors import BusyError, EevpError, StateError, _check, error_for
+from ._handles import _Exclusive
 from .head import Head
 
 
@@ -164,7 +165,7 @@ def _ctx_options(n_layers, kw):
     return o, keep
 
 
-class Context:
+class Context(_Exclusive):
     """Up to max_batch sequences decoded together on one head; use it from
     one thread at a time.  Options are eevp_ctx_options' fields; those left
     None take the library's defaults (batch 1, k 256, first_layer 0,
@@ -233,30 +234,9 @@ class Context:
         return out.value
 
     # -- lifetime -----------------------------------------------------------
-    def _enter(self):
-        """Lock the context for one call; the handle."""
-        if not self._lock.acquire(blocking=False):
-            raise BusyError(EBUSY, "the context is in use: called from its own criterion "
-                                   "callback, or from two threads at once")
-        if self._handle is None:
-            self._lock.release()
-            raise StateError(ESTATE, "the context is closed")
-        return self._handle
-
-    class _Call:
-        __slots__ = ("ctx",)
-
-        def __init__(self, ctx):
-            self.ctx = ctx
-
-        def __enter__(self):
-            return self.ctx._enter()
-
-        def __exit__(self, *exc):
-            self.ctx._lock.release()
-
-    def _call(self):
-        return Context._Call(self)
+    _busy_msg = ("the context is in use: called from its own criterion callback, or from two "
+                 "threads at once")
+    _closed_msg = "the context is closed"
 
     def _fail(self, h, rc, what=""):
         """Raise for rc < 0 with the context's message."""

@@ -13,9 +13,10 @@ from typing import Optional
 from ._arrays import (_FLOAT, _HALF, _INT32, _enum, _enum_member, _format_of, _i32, _i64,
                       _int32_array, _matrix, _new_float, _new_int32, _vector, _Workspace)
 from ._ffi import ESTATE, HEAD_COPY, HEAD_NO_SIMD, Norm, Weight, eevp_head_options, lib
+from ._handles import _Closeable
 from .errors import StateError, _check
 
-class Head:
+class Head(_Closeable):
     """The LM head (unembedding), V x d, immutable; share it between threads.
 
     weights: a float32 matrix V x d (numpy, or a buffer; a flat buffer needs
@@ -159,18 +160,6 @@ class Head:
     @property
     def closed(self) -> bool:
         return self._closed
-
-    def __enter__(self) -> "Head":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def __del__(self):
-        try:
-            self.close()
-        except Exception:
-            pass
 
     def __repr__(self):
         state = "closed" if self._closed else "V=%d d=%d offset=%d" % (

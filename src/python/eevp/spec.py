@@ -19,6 +19,7 @@ from ._ffi import (EBUSY, EINVAL, ESTATE, OK, eevp_spec_options, eevp_spec_resul
                    eevp_spec_stats, lib)
 from .context import Context, Step
 from .errors import BusyError, EevpError, StateError, _check, error_for
+from ._handles import _Closeable, _Exclusive
 from .head import Head
 
 
@@ -122,7 +123,7 @@ def _seq_list(seqs) -> List[int]:
                         % type(seqs).__name__) from None
 
 
-class Verifier:
+class Verifier(_Exclusive, _Closeable):
     """Verifies drafted tokens with the full head (eevp_spec_*): one round
     per sequence slot (0 .. max_batch-1) at a time.
 
@@ -172,28 +173,8 @@ class Verifier:
         self._rounds: List[Optional[List[int]]] = [None] * self.max_batch
 
     # -- lifetime -----------------------------------------------------------
-    def _enter(self):
-        if not self._lock.acquire(blocking=False):
-            raise BusyError(EBUSY, "the verifier is in use by another thread")
-        if self._handle is None:
-            self._lock.release()
-            raise StateError(ESTATE, "the verifier is closed")
-        return self._handle
-
-    class _Call:
-        __slots__ = ("v",)
-
-        def __init__(self, v):
-            self.v = v
-
-        def __enter__(self):
-            return self.v._enter()
-
-        def __exit__(self, *exc):
-            self.v._lock.release()
-
-    def _call(self):
-        return Verifier._Call(self)
+    _busy_msg = "the verifier is in use by another thread"
+    _closed_msg = "the verifier is closed"
 
     @staticmethod
     def _fail(h, rc, what=""):
@@ -228,18 +209,6 @@ class Verifier:
     @property
     def head(self) -> Head:
         return self._head
-
-    def __enter__(self) -> "Verifier":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def __del__(self):
-        try:
-            self.close()
-        except Exception:
-            pass
 
     def __repr__(self):
         if self.closed:
