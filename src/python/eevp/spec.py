@@ -12,13 +12,13 @@ import dataclasses
 import operator
 import threading
 from ctypes import byref, c_int32, c_int64, c_void_p
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Optional, Tuple
 
 from ._arrays import _i32, _int, _int32_array, _matrix
 from ._ffi import (EBUSY, EINVAL, ESTATE, OK, eevp_spec_options, eevp_spec_result,
                    eevp_spec_stats, lib)
 from .context import Context, Step
-from .errors import BusyError, EevpError, StateError, _check, error_for
+from .errors import BusyError, EevpError, _check, error_for
 from ._handles import _Closeable, _Exclusive
 from .head import Head
 
