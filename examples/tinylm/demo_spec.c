@@ -64,6 +64,16 @@ static void print_point(const char *param, const spec_point *p)
            p->speedup);
 }
 
+/* Measure c and keep it in *bp when it is faster. */
+static void try_point(runner *r, const spec_cfg *c, const char *label, const int32_t *prompts,
+                      double t_full, int32_t *out, spec_point *bp)
+{
+    spec_point p = measure_point(r, c, prompts, SEARCH_PROMPTS, t_full, out);
+    print_point(label, &p);
+    if (p.speedup > bp->speedup)
+        *bp = p;
+}
+
 void run_demo_spec(runner *r, const opts *o)
 {
     static const float thr[] = {0.02f, 0.05f, 0.1f, 0.2f, 0.4f};
@@ -106,40 +116,27 @@ void run_demo_spec(runner *r, const opts *o)
     print_point("start", &bp);
     for (lim = 2; lim <= L - 1; lim++) {
         spec_cfg c = bp.cfg;
-        spec_point p;
         if (lim < c.first || lim == bp.cfg.depth_limit)
             continue;
         c.depth_limit = lim;
-        p = measure_point(r, &c, val, SEARCH_PROMPTS, t_full_val, got);
-        print_point("limit", &p);
-        if (p.speedup > bp.speedup)
-            bp = p;
+        try_point(r, &c, "limit", val, t_full_val, got, &bp);
     }
     for (i = 0; i < (int32_t)(sizeof drafts / sizeof *drafts); i++) {
         spec_cfg c = bp.cfg;
-        spec_point p;
         if (drafts[i] == c.max_draft)
             continue;
         c.max_draft = drafts[i];
-        p = measure_point(r, &c, val, SEARCH_PROMPTS, t_full_val, got);
-        print_point("max_draft", &p);
-        if (p.speedup > bp.speedup)
-            bp = p;
+        try_point(r, &c, "max_draft", val, t_full_val, got, &bp);
     }
     for (i = 0; i < (int32_t)(sizeof thr / sizeof *thr); i++) {
         spec_cfg c = bp.cfg;
-        spec_point p;
         if (thr[i] == c.threshold)
             continue;
         c.threshold = thr[i];
-        p = measure_point(r, &c, val, SEARCH_PROMPTS, t_full_val, got);
-        print_point("threshold", &p);
-        if (p.speedup > bp.speedup)
-            bp = p;
+        try_point(r, &c, "threshold", val, t_full_val, got, &bp);
     }
     for (i = 0; i < 4; i++) {
         spec_cfg c = bp.cfg;
-        spec_point p;
         c.policy = NULL;
         c.k = i == 0 ? 16 : i == 1 ? 256 : 0;
         if (i == 3) {
@@ -149,10 +146,7 @@ void run_demo_spec(runner *r, const opts *o)
         }
         if (c.policy == bp.cfg.policy && c.k == bp.cfg.k)
             continue;
-        p = measure_point(r, &c, val, SEARCH_PROMPTS, t_full_val, got);
-        print_point("policy", &p);
-        if (p.speedup > bp.speedup)
-            bp = p;
+        try_point(r, &c, "policy", val, t_full_val, got, &bp);
     }
     best = bp.cfg;
     printf("  chosen: %s, K %d, first checked layer %d, depth limit %d, max_draft %d, threshold "
