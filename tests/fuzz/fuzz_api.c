@@ -232,8 +232,13 @@ static void fill_hidden(fz *f, float *h, int32_t n_rows, int64_t ld, int32_t d, 
             default: *x = 4.0f * ((float)(*seed >> 9) / 8388608.0f - 1.0f);
             }
         }
-    if ((mode & 8) && n_rows > 0)
-        h[(int64_t)fz_range(f, 0, n_rows - 1) * ld + fz_range(f, 0, d - 1)] = fz_float(f);
+    if ((mode & 8) && n_rows > 0) {
+        /* one read per statement: the order of reads inside one expression
+         * is unspecified, and gcc and clang would decode an input apart */
+        r = fz_range(f, 0, n_rows - 1);
+        c = fz_range(f, 0, d - 1);
+        h[(int64_t)r * ld + c] = fz_float(f);
+    }
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)

@@ -33,9 +33,11 @@ static uint32_t pick_size(fz *f, size_t real, size_t first, unsigned char *tail)
     case 1: return (uint32_t)(first - 4);
     case 2: return (uint32_t)first;
     case 3: return (uint32_t)(real + TAIL); /* zero tail: accepted */
-    case 4:
-        tail[fz_u8(f) % TAIL] = (uint8_t)(fz_u8(f) | 1); /* non-zero tail: refused */
+    case 4: {
+        const int at = fz_u8(f) % TAIL; /* one read per statement: a defined order */
+        tail[at] = (uint8_t)(fz_u8(f) | 1); /* non-zero tail: refused */
         return (uint32_t)(real + TAIL);
+    }
     case 5: return (uint32_t)(real + 2); /* odd size, zero tail */
     default: return (uint32_t)real;
     }
