@@ -461,8 +461,14 @@ examples/tinylm/tinylm: $(TINYLM_OBJS) $(SHARED) lib/libeevp.so
 tinylm: all examples/tinylm/tinylm
 
 # Retrain the shipped model (docs/TINYLM.md gives the time; not run by CI).
+# Stage 1 (LayerSkip's recipe, from scratch) into build/tinylm-stage1, stage 2
+# (self-distillation) from it into the model directory (docs/TINYLM.md §2).
 tinylm-train:
-	$(TINYLM_PY) examples/tinylm/train/train.py --out examples/tinylm/model
+	$(TINYLM_PY) examples/tinylm/train/train.py --out build/tinylm-stage1
+	$(TINYLM_PY) examples/tinylm/train/train.py --init build/tinylm-stage1 \
+	  --out examples/tinylm/model --steps 500 --warmup 10 --lr 4e-4 --distill 0.7 \
+	  --curriculum 0 --exit-scale 2
+	cp build/tinylm-stage1/train_log.json examples/tinylm/model/train_log_stage1.json
 
 # Checkpoint-reader tests (corrupt, truncated, mismatched files), the PyTorch
 # cross-check (batched prefill included), the runtime's batch-invariance
