@@ -403,8 +403,9 @@ typedef struct eevp_ctx_options {
      * half-precision head or under EEVP_CTX_BATCH_INVARIANT) and the pruned
      * checks.  Results do not depend on n: the shares run the same
      * fixed-order kernel as one thread.  The trade-off at B = 1: one thread
-     * of that kernel beats one OpenBLAS thread of SGEMV, but SGEMV on two
-     * OpenBLAS threads beats it; n_threads = 2 wins that back.  The context
+     * of that kernel is at the bandwidth floor with one OpenBLAS thread of
+     * SGEMV, SGEMV on two OpenBLAS threads is faster where one core cannot
+     * saturate memory; n_threads = 2 wins that back.  The context
      * is still used from one thread at a time; criteria and the allocator
      * are only called on that thread.
      * Not for a context used in a child after fork() (docs/THREADS.md). */

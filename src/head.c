@@ -339,9 +339,10 @@ int eevpi_head_norm(const eevp_head *h, const float *x, float *out)
 /* The kernel rule, fixed and never timed (a choice by timing would make the
  * bits depend on the machine's load): every half-precision head and every
  * projection of 1..EEVPI_FIXED_MAX rows goes through the head's fixed-order
- * kernel, which reads W once for all rows, beats SGEMV single-threaded at
- * B = 1 and gives a row the same bits whatever the batch or the rows the
- * head holds; only fp32 batches of more than EEVPI_FIXED_MAX rows go to
+ * kernel, which reads W once for all rows, is at the bandwidth floor with
+ * SGEMV single-threaded at B = 1 (20 % ahead on one machine measured, 6 %
+ * behind on another: docs/BENCHMARKS.md) and gives a row the same bits
+ * whatever the batch or the rows the head holds; only fp32 batches of more than EEVPI_FIXED_MAX rows go to
  * SGEMM (batch invariance keeps them on the fixed kernel too:
  * eevpi_head_project_pool). */
 void eevpi_head_project(const eevp_head *h, int32_t n, const float *xn, float *z, int64_t ldz)
