@@ -488,22 +488,11 @@ EEVP_API int eevp_spec_draft(eevp_spec *sp, int32_t seq, eevp_ctx *ctx, int32_t 
 
 /* ---- verification ---- */
 
-/* 1 when logits hold NaN or +Inf (finite hidden states can overflow): such
- * a row has no argmax nor distribution, and its slot fails with
- * EEVP_ENONFINITE, as a context fails such a sequence. */
-static int nonfinite_logits(const float *z, int64_t n)
-{
-    int64_t v;
-    for (v = 0; v < n; v++)
-        if (z[v] != z[v] || z[v] == INFINITY)
-            return 1;
-    return 0;
-}
-
-/* Outcome of row i of a slot with logits z (V, local ids).  Returns 1 when
- * the round ends at this row (token set), 0 when the draft is accepted. */
+/* Outcome of row i of a slot with logits z (V, local ids) and their scan
+ * (eevpi_dist_scan: the top-1 in the library's order).  Returns 1 when the
+ * round ends at this row (token set), 0 when the draft is accepted. */
 static int judge_row(eevp_spec *sp, int32_t slot, int32_t i, const float *z,
-                     eevp_spec_result *res)
+                     const eevpi_dist *dist, eevp_spec_result *res)
 {
     const eevp_head *h = sp->head;
     spec_slot *s = &sp->slot[slot];
@@ -514,21 +503,16 @@ static int judge_row(eevp_spec *sp, int32_t slot, int32_t i, const float *z,
     int64_t v;
 
     if (sp->o.temperature == 0.0f) {
-        int64_t best = 0;
-        for (v = 1; v < V; v++)
-            if (z[v] > z[best])
-                best = v;
-        if (dr && dr->token == (int32_t)best + off) {
+        if (dr && dr->token == dist->top1 + off)
             return 0;
-        }
-        res->token = (int32_t)best + off;
+        res->token = dist->top1 + off;
         return 1;
     }
     if (distribution(sp, z, V, sp->p, sp->order) != 0) {
         /* every token masked: the greedy rule's token (ties to the lowest
          * id, as a context resolves it) as a point mass */
         memset(sp->p, 0, (size_t)V * sizeof(double));
-        sp->p[0] = 1.0;
+        sp->p[dist->top1] = 1.0;
     }
     if (dr == NULL) {
         res->token = (int32_t)draw(sp->p, V, 1.0,
@@ -648,10 +632,15 @@ EEVP_API int eevp_spec_verify(eevp_spec *sp, int32_t n_seq, const int32_t *seqs,
             eevpi_head_project(h, m, sp->xn + c0 * d, sp->z, h->V);
             for (k = 0; k < m; k++) {
                 const int32_t s = seqs[cur];
-                if (!sp->bad[s] && nonfinite_logits(sp->z + (int64_t)k * h->V, h->V))
+                const float *zr = sp->z + (int64_t)k * h->V;
+                eevpi_dist dist;
+                /* NaN or +Inf logits (finite rows can overflow) fail the
+                 * slot, as a context fails such a sequence; the same scan
+                 * gives the greedy top-1. */
+                if (!sp->bad[s] && eevpi_dist_scan(zr, NULL, 0, (int32_t)h->V, 0, &dist) != EEVP_OK)
                     sp->bad[s] = 1;
                 if (!sp->bad[s] && !done) {
-                    if (judge_row(sp, s, row_in, sp->z + (int64_t)k * h->V, &sp->res[cur]))
+                    if (judge_row(sp, s, row_in, zr, &dist, &sp->res[cur]))
                         done = 1;
                     else
                         sp->res[cur].n_accepted++;
