@@ -77,8 +77,6 @@ int tl_state_init(tl_state *s, const tl_model *m, int32_t max_seq)
     s->rope_sin = malloc((size_t)max_seq * (size_t)half * sizeof(float));
     s->xn = malloc(B * d * sizeof(float));
     s->q = malloc(B * (size_t)qd * sizeof(float));
-    s->k = malloc(B * (size_t)kv_dim(c) * sizeof(float));
-    s->v = malloc(B * (size_t)kv_dim(c) * sizeof(float));
     s->att = malloc(B * (size_t)qd * sizeof(float));
     s->scores = malloc((size_t)max_seq * sizeof(float));
     s->hb = malloc(B * ff * sizeof(float));
@@ -87,7 +85,7 @@ int tl_state_init(tl_state *s, const tl_model *m, int32_t max_seq)
     s->xb = malloc(B * d * sizeof(float));
     s->mm = calloc((size_t)c->n_layers * MM_N, sizeof *s->mm);
     if (!s->kcache || !s->vcache || !s->rope_cos || !s->rope_sin || !s->xn || !s->q ||
-        !s->k || !s->v || !s->att || !s->scores || !s->hb || !s->hb2 || !s->tmp || !s->xb ||
+        !s->att || !s->scores || !s->hb || !s->hb2 || !s->tmp || !s->xb ||
         !s->mm) {
         tl_state_free(s);
         return -1;
@@ -143,8 +141,6 @@ void tl_state_free(tl_state *s)
     free(s->rope_sin);
     free(s->xn);
     free(s->q);
-    free(s->k);
-    free(s->v);
     free(s->att);
     free(s->scores);
     free(s->hb);
@@ -207,16 +203,16 @@ static int store_kv(tl_state *s, int32_t l, int32_t pos0, int32_t n)
     const tl_config *c = &s->m->cfg;
     const int64_t kvd = kv_dim(c), d = c->hidden_size;
     int32_t half = c->head_dim / 2, i;
-    if (matmul(s, MM_K, l, n, s->xn, d, s->k, kvd) != 0 ||
-        matmul(s, MM_V, l, n, s->xn, d, s->v, kvd) != 0)
+    /* Consecutive positions are consecutive cache rows: the products write
+     * straight into the cache (on failure, a non-finite input, the rows
+     * already written are left for the caller, who gives up). */
+    if (matmul(s, MM_K, l, n, s->xn, d, cache_row(s->kcache, s, l, pos0), kvd) != 0 ||
+        matmul(s, MM_V, l, n, s->xn, d, cache_row(s->vcache, s, l, pos0), kvd) != 0)
         return -1;
     for (i = 0; i < n; i++) {
         const int32_t pos = pos0 + i;
-        float *kr = cache_row(s->kcache, s, l, pos), *vr = cache_row(s->vcache, s, l, pos);
-        memcpy(kr, s->k + (size_t)i * (size_t)kvd, (size_t)kvd * sizeof(float));
-        memcpy(vr, s->v + (size_t)i * (size_t)kvd, (size_t)kvd * sizeof(float));
-        rope(kr, c->n_kv_heads, c->head_dim, s->rope_cos + (size_t)pos * half,
-             s->rope_sin + (size_t)pos * half);
+        rope(cache_row(s->kcache, s, l, pos), c->n_kv_heads, c->head_dim,
+             s->rope_cos + (size_t)pos * half, s->rope_sin + (size_t)pos * half);
     }
     return 0;
 }

@@ -69,7 +69,7 @@ typedef struct tl_state {
     float *kcache, *vcache;  /* [layer][pos][n_kv_heads*head_dim] */
     float *rope_cos, *rope_sin; /* [pos][head_dim/2] */
     /* per-position scratch, TL_MAX_BATCH rows each */
-    float *xn, *q, *k, *v, *att, *scores, *hb, *hb2, *tmp, *xb;
+    float *xn, *q, *att, *scores, *hb, *hb2, *tmp, *xb;
     struct eevp_head **mm;   /* [layer][7]: the weight matrices as libeevp heads */
     void *mm_work;
 } tl_state;
