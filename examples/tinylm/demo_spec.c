@@ -218,8 +218,8 @@ void run_demo_spec(runner *r, const opts *o)
         decoder_open(&d, r, &fc);
         spec_open(&s, r, &c);
         for (i = 0; i < 2; i++) {
-            tf[i] = full_freerun_sampled(&d, test, np, FREERUN_PROMPT_TOKENS + 1, nn, 0.8f,
-                                         o->seed, ref);
+            tf[i] = freerun_sampled(&d, test, np, FREERUN_PROMPT_TOKENS + 1, nn, 0.8f, o->seed,
+                                    ref);
             spec_reset_stats(&s);
             ts[i] = spec_freerun(&s, test, np, FREERUN_PROMPT_TOKENS + 1, nn, got);
         }

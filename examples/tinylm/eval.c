@@ -369,22 +369,29 @@ int32_t *freerun_prompts(runner *r, const char *wn, int split, int32_t n_prompts
     return out;
 }
 
-double freerun(decoder *dc, const int32_t *prompts, int32_t n_prompts, int32_t len,
-               int32_t n_new, int32_t *out)
+double freerun_sampled(decoder *dc, const int32_t *prompts, int32_t n_prompts, int32_t len,
+                       int32_t n_new, float temp, uint64_t seed, int32_t *out)
 {
     double t0 = now();
     int32_t p, j;
     for (p = 0; p < n_prompts; p++) {
+        uint64_t rng = seed + (uint64_t)p * 0x9e3779b97f4a7c15ull;
         int32_t *o = out + (size_t)p * (size_t)n_new;
         step_out so;
-        prefill_prompt(dc, prompts + (size_t)p * (size_t)len, len, 0, NULL, &so);
+        prefill_prompt(dc, prompts + (size_t)p * (size_t)len, len, temp, &rng, &so);
         for (j = 0; j < n_new; j++) {
             o[j] = so.token;
             if (j + 1 < n_new)
-                decode_step(dc, so.token, len + j, 0, NULL, &so);
+                decode_step(dc, so.token, len + j, temp, &rng, &so);
         }
     }
     return now() - t0;
+}
+
+double freerun(decoder *dc, const int32_t *prompts, int32_t n_prompts, int32_t len,
+               int32_t n_new, int32_t *out)
+{
+    return freerun_sampled(dc, prompts, n_prompts, len, n_new, 0.0f, 0u, out);
 }
 
 void freerun_agreement(const int32_t *a, const int32_t *full, int32_t n_prompts, int32_t n_new,

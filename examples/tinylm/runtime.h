@@ -143,10 +143,6 @@ int32_t spec_round(spec_dec *s, int32_t t0, int32_t pos, uint64_t key, int32_t *
  * each into out[p * n_new + j]; seconds taken. */
 double spec_freerun(spec_dec *s, const int32_t *prompts, int32_t n_prompts, int32_t len,
                     int32_t n_new, int32_t *out);
-/* Free-running at full depth, sampled at temp (> 0) with a per-prompt seed:
- * the baseline of the sampled spec mode; seconds taken. */
-double full_freerun_sampled(decoder *dc, const int32_t *prompts, int32_t n_prompts, int32_t len,
-                            int32_t n_new, float temp, uint64_t seed, int32_t *out);
 
 /* The demo's lossless part (demo_spec.c): settings on validation, the spec
  * figures on the test prompts. */
@@ -202,6 +198,10 @@ double bigram_ppl(const stream *train, const stream *test, int64_t n_pos, int32_
 int32_t *freerun_prompts(runner *r, const char *wn, int split, int32_t n_prompts, int32_t plen);
 double freerun(decoder *dc, const int32_t *prompts, int32_t n_prompts, int32_t len,
                int32_t n_new, int32_t *out);
+/* The same sampled at temp (> 0), prompt p's generator seeded from seed and
+ * p: the baseline of the sampled spec mode. */
+double freerun_sampled(decoder *dc, const int32_t *prompts, int32_t n_prompts, int32_t len,
+                       int32_t n_new, float temp, uint64_t seed, int32_t *out);
 void freerun_agreement(const int32_t *a, const int32_t *full, int32_t n_prompts, int32_t n_new,
                        double *mean_prefix, double *share_identical);
 
