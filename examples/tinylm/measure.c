@@ -6,21 +6,12 @@
  * SGEMM on the model's own shapes.  Timings are medians over interleaved
  * repetitions (the machine is shared).
  */
-#include "tinylm.h"
+#include "runtime.h"
 
 #include <cblas.h>
-#include <eevp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 static int cmp_d(const void *a, const void *b)
 {
@@ -53,17 +44,17 @@ int tl_measure_prefill(const tl_model *m, const int32_t *ids, int32_t n_prompts,
     }
     for (p = 0; p < n_prompts && rc == 0; p++) {
         const int32_t *pr = ids + (size_t)p * (size_t)len;
-        double t0 = now_s();
+        double t0 = now();
         for (i = 0; i < len && rc == 0; i++) {
             tl_embed(&st, pr[i], x);
             for (l = 0; l < L && rc == 0; l++)
                 rc = tl_layer_forward(&st, l, i, x);
         }
-        ts[p] = now_s() - t0;
-        t0 = now_s();
+        ts[p] = now() - t0;
+        t0 = now();
         if (rc == 0)
             rc = tl_prefill(&st, pr, 0, len, x);
-        tb[p] = now_s() - t0;
+        tb[p] = now() - t0;
     }
     if (rc == 0) {
         *ms_seq = 1e3 * median(ts, n_prompts);
@@ -143,7 +134,7 @@ int tl_measure_matmul(const tl_model *m, int32_t batch, double *fixed_vs_sgemv_b
         /* 0: SGEMV, 1: fixed B = 1, 2: SGEMM over the batch, 3: fixed in
          * chunks of 16 over the batch; every matrix of every layer. */
         for (j = 0; j < 4; j++) {
-            t0 = now_s();
+            t0 = now();
             for (l = 0; l < c->n_layers; l++)
                 for (k = 0; k < 7; k++) {
                     const float *w =
@@ -166,7 +157,7 @@ int tl_measure_matmul(const tl_model *m, int32_t batch, double *fixed_vs_sgemv_b
                                                    x + (size_t)b * (size_t)C, C,
                                                    y + (size_t)b * (size_t)R, R, work);
                 }
-            t[j][r] = now_s() - t0;
+            t[j][r] = now() - t0;
         }
     }
     if (rc == 0) {
