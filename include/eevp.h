@@ -216,6 +216,10 @@ typedef enum eevp_reason {
 #define EEVP_ECALLBACK   -8  /**< a user callback returned an invalid result */
 #define EEVP_ENONFINITE  -9  /**< NaN or Inf in a hidden state or in logits */
 #define EEVP_EBUSY      -10  /**< context re-entered from its own callback */
+/** A shard record (eevp_shard_merge, eevp_shard_absorb) is malformed, of
+ * another format version or shape, or disagrees with the other ranks'
+ * (since 1.2) */
+#define EEVP_ERECORD    -11
 /** @} */
 
 /** Static English text for a status code; never NULL, also for unknown codes. */
@@ -783,6 +787,14 @@ typedef struct eevp_stats {
     int64_t exact_exits;           /**< pruned exits re-decided on the full head */
     int64_t exact_exit_changed;    /**< ... where the full argmax differed */
     /** @} */
+    /** @name Vocabulary-parallel exchanges (since 1.2; 0 on an unsharded context)
+     * Per token: divide by tokens; per checked layer: by checks / tokens
+     * checks per token, or by shard_exchanges. */
+    /** @{ */
+    int64_t shard_exchanges;       /**< records produced (one per exchange) */
+    int64_t shard_bytes_sent;      /**< bytes of the records this rank produced */
+    int64_t shard_bytes_received;  /**< bytes of the merged records it absorbed */
+    /** @} */
 } eevp_stats;
 
 /** Read the statistics.  out->struct_size must be set. */
@@ -948,6 +960,120 @@ EEVP_API int eevp_spec_layer_stats(const eevp_spec *spec, int64_t *drafted, int6
                                    int32_t n);
 /** Zero the statistics. */
 EEVP_API int eevp_spec_stats_reset(eevp_spec *spec);
+
+
+/* ------------------------------------------------------------------------ */
+/* Vocabulary-parallel heads: one decision from P shards (since 1.2)        */
+/* ------------------------------------------------------------------------ */
+
+/** Largest number of shards. */
+#define EEVP_MAX_SHARDS 256
+/** Version of the shard record format (separate from the library's): a
+ * record of another format version is EEVP_ERECORD. */
+#define EEVP_SHARD_FORMAT 1
+
+/** @brief Options of eevp_ctx_create_shard (the rules of eevp_head_options
+ * apply).
+ *
+ * Each of P processes (ranks) holds one shard: a head over a block of
+ * consecutive rows of the whole W, created with vocab_offset = the block's
+ * first row.  The blocks tile [0, total_vocab) in shard-index order (shard 0
+ * starts at row 0, shard i+1 where shard i ends); sizes may differ.  Every
+ * shard must use the same head transform (norm, eps, scale, soft-cap) and
+ * kernel set, and every rank the same context options. */
+typedef struct eevp_shard_options {
+    uint32_t struct_size;  /**< sizeof(eevp_shard_options) */
+    int32_t shard_index;   /**< this rank's shard, 0 .. n_shards-1 */
+    int32_t n_shards;      /**< P, 1 .. EEVP_MAX_SHARDS */
+    /** Candidates a full-vocabulary summary carries: the merged top entries
+     * (the pruned set at the pruning layer, the candidates of a
+     * full-vocabulary decision).  0 means max(k, 2); else max(k, 2) ..
+     * EEVP_MAX_LIST. */
+    int32_t top_k;
+    int64_t total_vocab;   /**< V of the whole head, >= 1 */
+} eevp_shard_options;
+
+/** Initialiser of an eevp_shard_options: one shard, top_k 0; total_vocab
+ * and, for P > 1, shard_index and n_shards to set. */
+#define EEVP_SHARD_OPTIONS_INIT { (uint32_t)sizeof(eevp_shard_options), 0, 1, 0, 0 }
+
+/** Initialise *opts to the defaults (same as EEVP_SHARD_OPTIONS_INIT);
+ * EEVP_EINVAL for NULL. */
+EEVP_API int eevp_shard_options_init(eevp_shard_options *opts);
+
+/** @brief Create a context on one shard of a vocabulary-parallel head.
+ *
+ * Every rank creates one with the same `opts` on its own shard head.  The
+ * context then takes eevp_shard_layer / eevp_shard_absorb instead of
+ * eevp_step_layer (EEVP_ESTATE); eevp_step_begin, _result, _candidates,
+ * _end, _abandon, eevp_ctx_reset, the statistics and eevp_ctx_threshold work
+ * as on any context, and every rank reads the same results.  What the
+ * records can carry decides what is refused here (EEVP_EINVAL, with the
+ * reason in msg): the candidate-set policies (always-included and static
+ * ids, adaptive K), EEVP_CTX_SCREEN, the JS criterion without pruning or
+ * with re-pruning (its divergence over the vocabulary does not decompose
+ * across shards).  A custom criterion that asks for logits is refused by
+ * eevp_ctx_set_criterion unless every check it sees is on the pruned set
+ * (pruning layer not checked, no re-pruning, EEVP_FINAL_PRUNED).
+ * docs/SCALE_OUT.md has the protocol. */
+EEVP_API int eevp_ctx_create_shard(eevp_ctx **out, const eevp_head *shard_head,
+                                   const eevp_ctx_options *opts,
+                                   const eevp_shard_options *shard, char *msg,
+                                   size_t msg_size);
+
+/** Bytes of the largest record this shard context can produce (a full
+ * summary of max_batch sequences); a negative error for a context that is
+ * not a shard's. */
+EEVP_API int64_t eevp_shard_record_capacity(const eevp_ctx *ctx);
+
+/** @brief Hand over the hidden states after `layer` on a shard context.
+ *
+ * The arguments and the rules for layers and rows are those of
+ * eevp_step_layer; every rank passes the same hidden states (they are read
+ * during this call only).  On return *size is 0 when the layer is done (not
+ * required, or decided without an exchange), or the size of the record
+ * written to record[0 .. *size-1] (capacity bytes available; at most
+ * eevp_shard_record_capacity).  That record must then be merged with every
+ * other rank's record of the same exchange (all of the same size) through
+ * eevp_shard_merge, in any order or tree, and the merged record handed to
+ * eevp_shard_absorb before anything else is done with the context.
+ * Returns like eevp_step_layer; sequences may fail on their own (NaN/Inf in
+ * a hidden state) before the exchange. */
+EEVP_API int eevp_shard_layer(eevp_ctx *ctx, int32_t layer, const float *hidden, int64_t ld,
+                              int32_t n_rows, const int32_t *row_seq, void *record,
+                              int64_t capacity, int64_t *size);
+
+/** @brief Merge record `in` into record `acc`, both `size` bytes.
+ *
+ * Needs no context: a record describes itself (usable as the function of a
+ * user-defined MPI_Op over a contiguous type of `size` bytes).  The merge
+ * combines no floating-point values, so it is exactly associative and
+ * commutative: any order and any tree over the same records gives the same
+ * bytes.  Records come from other processes and are checked: a malformed
+ * or truncated record, another format version, another shape (kind, K, P,
+ * number of sequences), records of another step, layer, configuration or
+ * hidden states, and a shard or a set position filled twice turn acc into
+ * an error record, which absorbs later merges (an error in either operand
+ * stays) and which eevp_shard_absorb reports.  Returns EEVP_OK,
+ * EEVP_ERECORD (acc now holds the error), or EEVP_EINVAL / EEVP_ERANGE for
+ * NULL pointers or a size below a header's (nothing written). */
+EEVP_API int eevp_shard_merge(void *acc, const void *in, int64_t size);
+
+/** @brief Hand the merged record of an exchange back to the shard context.
+ *
+ * Every rank then makes the same decisions: exits, global tokens,
+ * confidences, pruned sets (each rank gathers the rows of the set it owns).
+ * When a decision needs a second exchange at the same layer (exact-token
+ * exits, saturation exits) *next_size receives the size of the next record,
+ * written to record, to be merged and absorbed like the first; else 0 and
+ * the layer is done.  A merged record that is an error record, is
+ * malformed, lacks a shard, or disagrees with this rank's own (step, layer,
+ * configuration, hidden states) finishes the exchange's sequences with
+ * EEVP_REASON_ERROR and status EEVP_ERECORD on every rank, and returns
+ * EEVP_ERECORD; a `size` other than the exchange's is EEVP_ERANGE with
+ * nothing changed. */
+EEVP_API int eevp_shard_absorb(eevp_ctx *ctx, const void *merged, int64_t size, void *record,
+                               int64_t capacity, int64_t *next_size);
 
 #ifdef __cplusplus
 }

@@ -57,19 +57,28 @@ double eevpi_conf_top2(const eevpi_dist *d)
 
 double eevpi_conf_entropy(const float *z, const eevpi_dist *d)
 {
-    double h, acc = 0.0;
+    double acc = 0.0;
     int32_t j;
-    if (d->n_finite == 0)
-        return 0.0;
-    if (d->n_finite == 1)
-        return 1.0;
-    /* H = ln S - sum p * (z - max), p = exp(z - max) / S. */
+    if (d->n_finite <= 1)
+        return eevpi_conf_entropy_acc(d, 0.0);
     for (j = 0; j < d->n; j++) {
         if (z[j] > -INFINITY) {
             const double u = (double)z[j] - d->max;
             acc += exp(u) * u;
         }
     }
+    return eevpi_conf_entropy_acc(d, acc);
+}
+
+double eevpi_conf_entropy_acc(const eevpi_dist *d, double acc)
+{
+    double h;
+    if (d->n_finite == 0)
+        return 0.0;
+    if (d->n_finite == 1)
+        return 1.0;
+    /* H = ln S - sum p * (z - max), p = exp(z - max) / S; acc = sum
+     * exp(z - max) (z - max). */
     h = log(d->sumexp) - acc / d->sumexp;
     h = 1.0 - h / log((double)d->n_finite);
     return h < 0.0 ? 0.0 : (h > 1.0 ? 1.0 : h);

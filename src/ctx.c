@@ -2,6 +2,7 @@
 /* ctx.c - the context: options, memory plan, criterion registration,
  * threshold schedule, statistics. */
 #include "ctx.h"
+#include "record.h"
 
 #include <math.h>
 #include <stdarg.h>
@@ -188,6 +189,22 @@ static void plan(eevp_ctx *c, eevpi_arena *a)
         c->uni_keys = (int64_t *)eevpi_arena_take(a, 2 * B * U, sizeof(int64_t));
         c->uni_work = (float *)eevpi_arena_take(a, 2 * B * U, sizeof(float));
     }
+    {
+        /* A shard's merged candidates, set logits and owned positions. */
+        const int64_t Bs = c->sh.n_shards ? B : 0, T = c->sh.ktop;
+        c->sh_part = (unsigned char *)eevpi_arena_take(a, Bs, 1);
+        c->sh_h = (float *)eevpi_arena_take(a, Bs * d, sizeof(float));
+        c->sh_topz = (float *)eevpi_arena_take(a, Bs * T, sizeof(float));
+        c->sh_topi = (int32_t *)eevpi_arena_take(a, Bs * T, sizeof(int32_t));
+        c->sh_setz = (float *)eevpi_arena_take(a, Bs * c->kmax, sizeof(float));
+        c->sh_own = (int32_t *)eevpi_arena_take(a, Bs * c->kmax, sizeof(int32_t));
+        c->sh_ids = (int32_t *)eevpi_arena_take(a, Bs ? (T > c->kmax ? T : c->kmax) : 0,
+                                                sizeof(int32_t));
+        c->sh_pairs = (eevpi_pair *)eevpi_arena_take(a, Bs ? T + c->sh.n_shards : 0,
+                                                     sizeof(eevpi_pair));
+        c->sh_slots = eevpi_arena_take(a, Bs ? c->sh.n_shards : 0, sizeof(eevpi_slot));
+        c->sh_conf = (double *)eevpi_arena_take(a, Bs, sizeof(double));
+    }
     c->prev_hidden = (float *)eevpi_arena_take(a, B * d, sizeof(float));
     /* Screened pruning: one work area, used by one sequence at a time. */
     c->screen_work = eevpi_arena_take(
@@ -197,7 +214,15 @@ static void plan(eevp_ctx *c, eevpi_arena *a)
     c->prev_dist = (float *)eevpi_arena_take(a, B * c->dist_len, sizeof(float));
     c->xn = (float *)eevpi_arena_take(a, B * d, sizeof(float));
     c->iota = (int32_t *)eevpi_arena_take(a, V, sizeof(int32_t));
-    c->pairs = (eevpi_pair *)eevpi_arena_take(a, V > B ? V : B, sizeof(eevpi_pair));
+    {
+        /* Candidates are sorted here: V of them, or a shard's merged ones. */
+        int64_t np = V > B ? V : B;
+        if (c->sh.n_shards && np < c->sh.ktop)
+            np = c->sh.ktop;
+        if (c->sh.n_shards && np < c->kmax)
+            np = c->kmax;
+        c->pairs = (eevpi_pair *)eevpi_arena_take(a, np, sizeof(eevpi_pair));
+    }
     c->mark = (unsigned char *)eevpi_arena_take(a, c->kmax ? V : 0, 1);
     c->hist = (int64_t *)eevpi_arena_take(a, c->o.n_layers, sizeof(int64_t));
     c->size_hist = (int64_t *)eevpi_arena_take(a, c->kmax + 1, sizeof(int64_t));
@@ -257,15 +282,20 @@ int eevpi_contains(const int32_t *ids, int32_t n, int32_t id)
 
 /* Fill the configuration part of c from checked options; returns the arena
  * size (or -1 on overflow). */
-static int64_t configure(eevp_ctx *c, const eevp_head *head, const eevp_ctx_options *o)
+static int64_t configure(eevp_ctx *c, const eevp_head *head, const eevp_ctx_options *o,
+                         const eevpi_shard_cfg *shard)
 {
     eevpi_arena a = {NULL, 0, 0};
+    /* The vocabulary the sets are drawn from: the whole head's on a shard. */
+    const int64_t V = shard ? shard->total_vocab : head->V;
     memset(c, 0, sizeof *c);
     c->head = head;
     c->o = *o;
     c->o.allocator = NULL;
+    if (shard)
+        c->sh = *shard;
     c->p = o->prune_layer < 0 ? o->first_layer : o->prune_layer;
-    c->k = (o->k > 0 && o->k < head->V) ? o->k : 0;
+    c->k = (o->k > 0 && o->k < V) ? o->k : 0;
     {
         int64_t m;
         if (o->static_mode == EEVP_STATIC_ONLY)
@@ -275,7 +305,7 @@ static int64_t configure(eevp_ctx *c, const eevp_head *head, const eevp_ctx_opti
                 (o->static_mode == EEVP_STATIC_UNION ? o->n_static : 0);
         else
             m = 0; /* no pruning: the lists have nothing to join */
-        c->kmax = (int32_t)(m < head->V ? m : head->V);
+        c->kmax = (int32_t)(m < V ? m : V);
         if (o->static_mode == EEVP_STATIC_ONLY)
             c->k = 0;
     }
@@ -302,7 +332,7 @@ EEVP_API int eevp_ctx_memory_estimate(int64_t *bytes, const eevp_head *head,
     *bytes = 0;
     if ((rc = read_options(&o, head, opts, NULL, 0)) != EEVP_OK)
         return rc;
-    if ((arena = configure(&c, head, &o)) < 0)
+    if ((arena = configure(&c, head, &o, NULL)) < 0)
         return EEVP_EOVERFLOW;
     *bytes = arena + (int64_t)sizeof(eevp_ctx) + eevpi_pool_size(o.n_threads);
     return EEVP_OK;
@@ -310,6 +340,12 @@ EEVP_API int eevp_ctx_memory_estimate(int64_t *bytes, const eevp_head *head,
 
 EEVP_API int eevp_ctx_create(eevp_ctx **out, const eevp_head *head,
                              const eevp_ctx_options *opts, char *msg, size_t msg_size)
+{
+    return eevpi_ctx_create(out, head, opts, NULL, msg, msg_size);
+}
+
+int eevpi_ctx_create(eevp_ctx **out, const eevp_head *head, const eevp_ctx_options *opts,
+                     eevpi_shard_cfg *shard, char *msg, size_t msg_size)
 {
     eevp_ctx_options o;
     eevpi_mem mem;
@@ -326,6 +362,8 @@ EEVP_API int eevp_ctx_create(eevp_ctx **out, const eevp_head *head,
     *out = NULL;
     if ((rc = read_options(&o, head, opts, msg, msg_size)) != EEVP_OK)
         return rc;
+    if (shard && (rc = eevpi_shard_refuse(&o, head, shard, msg, msg_size)) != EEVP_OK)
+        return rc;
     if ((rc = eevpi_mem_init(&mem, o.allocator, msg, msg_size)) != EEVP_OK)
         return rc;
     c = (eevp_ctx *)eevpi_alloc(&mem, sizeof *c);
@@ -333,7 +371,7 @@ EEVP_API int eevp_ctx_create(eevp_ctx **out, const eevp_head *head,
         eevpi_msg(msg, msg_size, "out of memory for the context");
         return EEVP_ENOMEM;
     }
-    if ((arena = configure(c, head, &o)) < 0) {
+    if ((arena = configure(c, head, &o, shard)) < 0) {
         eevpi_free(&mem, c);
         eevpi_msg(msg, msg_size, "context size overflows");
         return EEVP_EOVERFLOW;
@@ -411,6 +449,7 @@ EEVP_API int eevp_ctx_reset(eevp_ctx *ctx)
         return rc;
     ctx->active = 0;
     ctx->n_seq = 0;
+    ctx->sh_kind = 0;
     memset(&ctx->pending, 0, sizeof ctx->pending);
     memset(ctx->size_hist_pending, 0, (size_t)(ctx->kmax + 1) * sizeof(int64_t));
     return EEVP_OK;
@@ -519,6 +558,8 @@ EEVP_API int eevp_ctx_set_criterion(eevp_ctx *ctx, const eevp_criterion_vtbl *vt
         return eevpi_ctx_fail(ctx, EEVP_EINVAL, "vtbl->decide is required");
     if (v.needs & ~(EEVP_NEEDS_LOGITS | EEVP_NEEDS_PREV_HIDDEN))
         return eevpi_ctx_fail(ctx, EEVP_EINVAL, "unknown needs flags 0x%x", (unsigned)v.needs);
+    if (ctx->sh.n_shards > 0 && (rc = eevpi_shard_criterion_ok(ctx, v.needs)) != EEVP_OK)
+        return rc;
     drop_user(ctx);
     ctx->user = v;
     ctx->user_state = state;
@@ -560,6 +601,9 @@ EEVP_API int eevp_ctx_stats(const eevp_ctx *ctx, eevp_stats *out)
     s.static_emitted = c->static_emitted;
     s.exact_exits = c->exact_exits;
     s.exact_exit_changed = c->exact_exit_changed;
+    s.shard_exchanges = c->shard_exchanges;
+    s.shard_bytes_sent = c->shard_sent;
+    s.shard_bytes_received = c->shard_received;
     return eevpi_write_struct(out, &s, sizeof s, STATS_V1);
 }
 

@@ -22,6 +22,12 @@ typedef struct eevpi_seq {
     const int32_t *set_ids;
     const float *set_rows; /* set_n x d, packed */
     const float *set_bias; /* set_n, or NULL without a logit bias */
+    /* Shard contexts (shard.c): the candidates of the decision, merged from
+     * every shard (NULL otherwise: the slot's logits), and the set members
+     * this shard owns: their rows are set_rows[0 .. own_n-1]. */
+    const float *cand_z;
+    const int32_t *cand_ids;
+    int32_t own_n;
 } eevpi_seq;
 
 /* Statistics counters (the public struct minus its derived fields). */
@@ -31,7 +37,14 @@ typedef struct eevpi_counts {
     int64_t flops, flops_base, bytes, bytes_base;
     int64_t pruned_sets, set_size_sum, reprunes, reprune_changed;
     int64_t always_emitted, static_emitted, exact_exits, exact_exit_changed;
+    int64_t shard_exchanges, shard_sent, shard_received;
 } eevpi_counts;
+
+/* A vocabulary-parallel shard's configuration (eevp_shard_options, checked). */
+typedef struct eevpi_shard_cfg {
+    int32_t index, n_shards, ktop;
+    int64_t total_vocab;
+} eevpi_shard_cfg;
 
 struct eevp_ctx {
     eevpi_mem mem;
@@ -95,6 +108,24 @@ struct eevp_ctx {
     int64_t *hist;        /* n_layers committed */
     int64_t *size_hist, *size_hist_pending; /* kmax + 1 each */
 
+    /* Vocabulary-parallel shard (shard.c); sh.n_shards 0 otherwise. */
+    eevpi_shard_cfg sh;
+    uint64_t sh_step;      /* steps begun: part of the records' fingerprint */
+    int32_t sh_kind;       /* pending exchange: EEVPI_REC_FULL / _SET, 0 none */
+    int32_t sh_round, sh_setsec;
+    int64_t sh_size;       /* its record's size */
+    uint64_t sh_hash;      /* its hidden states' hash */
+    unsigned char *sh_part;/* max_batch: sequence takes part in it */
+    float *sh_h;           /* max_batch x d: the layer's raw hidden rows */
+    float *sh_topz;        /* max_batch x ktop merged candidates ... */
+    int32_t *sh_topi;      /* ... and their ids */
+    float *sh_setz;        /* max_batch x kmax merged set logits */
+    int32_t *sh_own;       /* max_batch x kmax positions of owned set members */
+    int32_t *sh_ids;       /* max(ktop, kmax) ids scratch */
+    eevpi_pair *sh_pairs;  /* ktop + P pairs scratch */
+    void *sh_slots;        /* n_shards eevpi_slot scratch */
+    double *sh_conf;       /* max_batch confidences of hidden checks */
+
     eevpi_counts stats, pending;
     char msg[EEVPI_MSG_SIZE];
 };
@@ -118,6 +149,45 @@ int eevpi_ctx_reprunes(const eevp_ctx *ctx, int32_t layer);
  * threshold +INFINITY only for EEVP_FINAL_PRUNED, the one use of the set). */
 int eevpi_ctx_pruning(const eevp_ctx *ctx);
 float eevpi_ctx_lambda(const eevp_ctx *ctx, int32_t t);
+/* Create a context; shard NULL for an unsharded one (ctx.c). */
+int eevpi_ctx_create(eevp_ctx **out, const eevp_head *head, const eevp_ctx_options *opts,
+                     eevpi_shard_cfg *shard, char *msg, size_t msg_size);
+/* What a shard context refuses, after the options were checked (shard.c):
+ * EEVP_OK or EEVP_EINVAL with msg set; fills in sh->ktop. */
+int eevpi_shard_refuse(const eevp_ctx_options *o, const eevp_head *head,
+                       eevpi_shard_cfg *sh, char *msg, size_t msg_size);
+/* Whether a custom criterion with these needs can run on this shard
+ * context; EEVP_OK or EEVP_EINVAL with the context's message set. */
+int eevpi_shard_criterion_ok(eevp_ctx *ctx, uint32_t needs);
+
+/* Shared by step.c and shard.c. */
+typedef struct eevpi_check {
+    double conf;
+    int32_t exit;  /* 0 or 1 */
+    int32_t token; /* global id of the top-1 candidate */
+} eevpi_check;
+int eevpi_step_running(const eevpi_seq *q);
+void eevpi_step_fail_seq(eevp_ctx *ctx, int32_t s, int32_t layer, int code, int *first);
+void eevpi_step_resolve(eevp_ctx *ctx, int32_t s, int32_t reason, int32_t token,
+                        int32_t layer, int32_t pruned, double conf, int32_t cand_full,
+                        int32_t cand_n);
+int32_t eevpi_step_exits(double conf, float lambda);
+void eevpi_step_count_projection(eevp_ctx *ctx, int64_t rows, int64_t bytes_per_weight);
+void eevpi_step_count_check(eevp_ctx *ctx);
+/* The criterion on candidate logits z[0..n-1] over ids (NULL: the head's
+ * rows) for a pruned decision or a full one. */
+int eevpi_step_check_logits(eevp_ctx *ctx, int32_t s, int32_t layer, const float *h,
+                            const float *z, const int32_t *ids, int32_t n, int pruned,
+                            int full_with_set, eevpi_check *c);
+int eevpi_step_check_hidden(eevp_ctx *ctx, int32_t s, int32_t layer, const float *h,
+                            eevpi_check *c);
+void eevpi_step_remember_hidden(eevp_ctx *ctx, int32_t s, const float *h);
+/* Map rows to sequences into row_of_seq, check the layer's order; *need
+ * receives the next required layer.  EEVP_OK or an error with nothing
+ * changed. */
+int eevpi_step_layer_args(eevp_ctx *ctx, int32_t layer, const float *hidden, int64_t ld,
+                          int32_t n_rows, const int32_t *row_seq, int32_t *need);
+
 /* Binary search in a sorted id list. */
 int eevpi_contains(const int32_t *ids, int32_t n, int32_t id);
 

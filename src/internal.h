@@ -229,6 +229,9 @@ int eevpi_dist_scan(const float *z, const int32_t *ids, int32_t id0, int32_t n, 
 double eevpi_conf_top2(const eevpi_dist *d);
 double eevpi_conf_maxprob(const eevpi_dist *d);
 double eevpi_conf_entropy(const float *z, const eevpi_dist *d);
+/* The entropy confidence from acc = sum of exp(z - max) (z - max) over the
+ * finite logits (a shard context adds it up from the shards' parts). */
+double eevpi_conf_entropy_acc(const eevpi_dist *d, double acc);
 /* 1 - JS/ln 2 between distribution p (probabilities) and softmax of z. */
 double eevpi_conf_js(const float *p, const float *z, const eevpi_dist *d);
 /* Softmax probabilities of z into p. */

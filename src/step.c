@@ -7,7 +7,7 @@
 #include <math.h>
 #include <string.h>
 
-static int running(const eevpi_seq *q)
+int eevpi_step_running(const eevpi_seq *q)
 {
     return q->res.reason == EEVP_REASON_RUNNING;
 }
@@ -37,6 +37,8 @@ EEVP_API int eevp_step_begin(eevp_ctx *ctx, int32_t n_seq, const int32_t *positi
     ctx->active = 1;
     ctx->n_seq = n_seq;
     ctx->last_layer = -1;
+    ctx->sh_step++;
+    ctx->sh_kind = 0;
     ctx->uni_on = 0;
     clear_pending(ctx);
     for (s = 0; s < ctx->o.max_batch; s++)
@@ -86,7 +88,7 @@ EEVP_API int32_t eevp_step_n_running(const eevp_ctx *ctx)
     if (!ctx->active)
         return 0;
     for (s = 0; s < ctx->n_seq; s++)
-        n += running(&ctx->seq[s]);
+        n += eevpi_step_running(&ctx->seq[s]);
     return n;
 }
 
@@ -133,6 +135,9 @@ EEVP_API int eevp_step_end(eevp_ctx *ctx)
     st->flops_base += pd->flops_base;
     st->bytes += pd->bytes;
     st->bytes_base += pd->bytes_base;
+    st->shard_exchanges += pd->shard_exchanges;
+    st->shard_sent += pd->shard_sent;
+    st->shard_received += pd->shard_received;
     clear_pending(ctx);
     ctx->active = 0;
     return EEVP_OK;
@@ -147,6 +152,7 @@ EEVP_API int eevp_step_abandon(eevp_ctx *ctx)
         return EEVP_OK; /* an ended step's results stay readable */
     ctx->active = 0;
     ctx->n_seq = 0;
+    ctx->sh_kind = 0;
     clear_pending(ctx);
     return EEVP_OK;
 }
@@ -154,7 +160,7 @@ EEVP_API int eevp_step_abandon(eevp_ctx *ctx)
 /* ---- one layer ---- */
 
 /* Sequence s finishes with its own error; the others go on. */
-static void fail_seq(eevp_ctx *ctx, int32_t s, int32_t layer, int code, int *first)
+void eevpi_step_fail_seq(eevp_ctx *ctx, int32_t s, int32_t layer, int code, int *first)
 {
     eevpi_seq *q = &ctx->seq[s];
     q->res.reason = EEVP_REASON_ERROR;
@@ -170,7 +176,7 @@ static void fail_seq(eevp_ctx *ctx, int32_t s, int32_t layer, int code, int *fir
     }
 }
 
-static void resolve(eevp_ctx *ctx, int32_t s, int32_t reason, int32_t token, int32_t layer,
+void eevpi_step_resolve(eevp_ctx *ctx, int32_t s, int32_t reason, int32_t token, int32_t layer,
                     int32_t pruned, double conf, int32_t cand_full, int32_t cand_n)
 {
     eevpi_seq *q = &ctx->seq[s];
@@ -194,14 +200,14 @@ static int64_t w_bytes(const eevp_head *h)
 
 /* A projection over `rows` rows of `bytes_per_weight` each: W's own rows
  * (w_bytes) or gathered fp32 rows (4). */
-static void count_projection(eevp_ctx *ctx, int64_t rows, int64_t bytes_per_weight)
+void eevpi_step_count_projection(eevp_ctx *ctx, int64_t rows, int64_t bytes_per_weight)
 {
     const int64_t d = ctx->head->d;
     ctx->pending.flops += (2 * d - 1) * rows;
     ctx->pending.bytes += bytes_per_weight * rows * d;
 }
 
-static void count_check(eevp_ctx *ctx)
+void eevpi_step_count_check(eevp_ctx *ctx)
 {
     const int64_t d = ctx->head->d, V = ctx->head->V;
     ctx->pending.checks++;
@@ -227,7 +233,7 @@ static int32_t free_slot(const eevp_ctx *ctx, int32_t from)
     int32_t f;
     for (f = from; f < ctx->o.max_batch; f++) {
         const int32_t o = ctx->slot_owner[f];
-        if (o < 0 || o >= ctx->n_seq || running(&ctx->seq[o]))
+        if (o < 0 || o >= ctx->n_seq || eevpi_step_running(&ctx->seq[o]))
             return f;
     }
     return -1; /* unreachable: max_batch slots, and the m sequences being
@@ -259,7 +265,7 @@ static void project_full(eevp_ctx *ctx, const int32_t *list, const int32_t *xrow
     /* Slots 0..m-1 are needed: move resolved sequences' candidates out. */
     for (i = 0; i < m; i++) {
         const int32_t o = ctx->slot_owner[i];
-        if (o >= 0 && o < ctx->n_seq && !running(&ctx->seq[o]) && ctx->seq[o].slot == i) {
+        if (o >= 0 && o < ctx->n_seq && !eevpi_step_running(&ctx->seq[o]) && ctx->seq[o].slot == i) {
             const int32_t f = free_slot(ctx, m);
             memcpy(slot_logits(ctx, f), slot_logits(ctx, i),
                    (size_t)ctx->seq[o].cand_n * sizeof(float));
@@ -278,21 +284,14 @@ static void project_full(eevp_ctx *ctx, const int32_t *list, const int32_t *xrow
      * get alone, whatever the batch. */
     eevpi_head_project_pool(ctx->head, ctx->pool, m, ctx->xn, ctx->logits, V,
                             (ctx->o.flags & EEVP_CTX_BATCH_INVARIANT) != 0);
-    count_projection(ctx, (int64_t)m * V, w_bytes(ctx->head));
+    eevpi_step_count_projection(ctx, (int64_t)m * V, w_bytes(ctx->head));
 }
-
-/* Outcome of one check. */
-typedef struct check {
-    double conf;
-    int32_t exit;    /* 0 or 1 */
-    int32_t token;   /* global id of the top-1 candidate */
-} check;
 
 /* The exit rule, c > lambda, on the values eevp_result reports: the
  * confidence rounded to float (as resolve stores it) against the float
  * lambda(t).  Comparing the double would let a threshold set to a reported
  * confidence exit whenever the double lay above its float. */
-static int32_t exits(double conf, float lambda)
+int32_t eevpi_step_exits(double conf, float lambda)
 {
     return (float)conf > lambda;
 }
@@ -320,7 +319,7 @@ static void remember_set_dist(eevp_ctx *ctx, int32_t s, const float *z)
     q->has_prev_p = 1;
 }
 
-static int call_user(eevp_ctx *ctx, const eevp_exit_view *v, check *c)
+static int call_user(eevp_ctx *ctx, const eevp_exit_view *v, eevpi_check *c)
 {
     float conf = NAN;
     int32_t ex = -1;
@@ -360,9 +359,9 @@ static void fill_view(const eevp_ctx *ctx, int32_t s, int32_t layer, const float
 /* The criterion on candidate logits z[0..n-1] (ids NULL: the whole
  * vocabulary in row order).  `full_with_set`: z is the full vocabulary of a
  * sequence that holds a pruned set (JS compares over the set). */
-static int check_logits(eevp_ctx *ctx, int32_t s, int32_t layer, const float *h,
+int eevpi_step_check_logits(eevp_ctx *ctx, int32_t s, int32_t layer, const float *h,
                         const float *z, const int32_t *ids, int32_t n, int pruned,
-                        int full_with_set, check *c)
+                        int full_with_set, eevpi_check *c)
 {
     eevpi_seq *q = &ctx->seq[s];
     const int32_t id0 = (int32_t)ctx->head->offset;
@@ -371,7 +370,7 @@ static int check_logits(eevp_ctx *ctx, int32_t s, int32_t layer, const float *h,
     int rc = eevpi_dist_scan(z, ids, id0, n, need_sum, &dist);
     if (rc != EEVP_OK)
         return rc;
-    count_check(ctx);
+    eevpi_step_count_check(ctx);
     c->token = ids ? ids[dist.top1] : id0 + dist.top1;
     switch (ctx->criterion) {
     case EEVP_CRITERION_TOP2_GAP:
@@ -431,27 +430,27 @@ static int check_logits(eevp_ctx *ctx, int32_t s, int32_t layer, const float *h,
         return call_user(ctx, &v, c);
     }
     }
-    c->exit = exits(c->conf, q->res.threshold);
+    c->exit = eevpi_step_exits(c->conf, q->res.threshold);
     return EEVP_OK;
 }
 
 /* The criterion without logits (saturation, or a custom one not asking). */
-static int check_hidden(eevp_ctx *ctx, int32_t s, int32_t layer, const float *h, check *c)
+int eevpi_step_check_hidden(eevp_ctx *ctx, int32_t s, int32_t layer, const float *h, eevpi_check *c)
 {
     eevpi_seq *q = &ctx->seq[s];
     const float *prev = ctx->prev_hidden + (int64_t)s * ctx->head->d;
-    count_check(ctx);
+    eevpi_step_count_check(ctx);
     if (ctx->criterion == EEVP_CRITERION_CUSTOM) {
         eevp_exit_view v;
         fill_view(ctx, s, layer, h, &v);
         return call_user(ctx, &v, c);
     }
     c->conf = q->has_prev_h ? eevpi_cosine(ctx->head->kern, h, prev, ctx->head->d) : 0.0;
-    c->exit = exits(c->conf, q->res.threshold);
+    c->exit = eevpi_step_exits(c->conf, q->res.threshold);
     return EEVP_OK;
 }
 
-static void remember_hidden(eevp_ctx *ctx, int32_t s, const float *h)
+void eevpi_step_remember_hidden(eevp_ctx *ctx, int32_t s, const float *h)
 {
     if (ctx->needs & EEVP_NEEDS_PREV_HIDDEN) {
         memcpy(ctx->prev_hidden + (int64_t)s * ctx->head->d, h,
@@ -637,7 +636,7 @@ static void layer_full(eevp_ctx *ctx, int32_t layer, int32_t m, const int32_t *l
                        (layer == ctx->p || eevpi_ctx_reprunes(ctx, layer));
     int32_t *xrow = ctx->row_of_seq; /* identity: xn rows match the list */
     int32_t i, nb = 0;
-    check c;
+    eevpi_check c;
 
     for (i = 0; i < m; i++)
         xrow[i] = i;
@@ -648,31 +647,31 @@ static void layer_full(eevp_ctx *ctx, int32_t layer, int32_t m, const int32_t *l
         const float *z = slot_logits(ctx, q->slot);
         int rc;
         if (checked) {
-            rc = check_logits(ctx, s, layer, hrow[i], z, NULL, (int32_t)h->V, 0, q->has_set,
+            rc = eevpi_step_check_logits(ctx, s, layer, hrow[i], z, NULL, (int32_t)h->V, 0, q->has_set,
                               &c);
             if (rc != EEVP_OK) {
-                fail_seq(ctx, s, layer, rc, first);
+                eevpi_step_fail_seq(ctx, s, layer, rc, first);
                 continue;
             }
-            remember_hidden(ctx, s, hrow[i]);
+            eevpi_step_remember_hidden(ctx, s, hrow[i]);
             if (last) {
                 if (q->has_set) {
                     ctx->pending.cov_total++;
                     ctx->pending.cov_hits += in_set(q, c.token);
                 }
-                resolve(ctx, s, EEVP_REASON_LAST_LAYER, c.token, layer, 0, c.conf, 1,
+                eevpi_step_resolve(ctx, s, EEVP_REASON_LAST_LAYER, c.token, layer, 0, c.conf, 1,
                         (int32_t)h->V);
                 continue;
             }
             if (c.exit) {
-                resolve(ctx, s, EEVP_REASON_CONFIDENT, c.token, layer, 0, c.conf, 1,
+                eevpi_step_resolve(ctx, s, EEVP_REASON_CONFIDENT, c.token, layer, 0, c.conf, 1,
                         (int32_t)h->V);
                 continue;
             }
         }
         if (builds) {
             if ((rc = build_set(ctx, s, z)) != EEVP_OK) {
-                fail_seq(ctx, s, layer, rc, first);
+                eevpi_step_fail_seq(ctx, s, layer, rc, first);
                 continue;
             }
             xrow[nb++] = s; /* xrow[j] for j < nb is no longer read */
@@ -727,7 +726,7 @@ static void layer_pruned(eevp_ctx *ctx, int32_t layer, int32_t m, int32_t *list,
     const int exact = (ctx->o.flags & EEVP_CTX_EXACT_EXIT) && !last;
     int32_t *xrow = ctx->row_of_seq;
     int32_t i, n_exact = 0;
-    check c;
+    eevpi_check c;
 
     for (i = 0; i < m; i++)
         ensure_slot(ctx, list[i]);
@@ -753,15 +752,15 @@ static void layer_pruned(eevp_ctx *ctx, int32_t layer, int32_t m, int32_t *list,
         eevpi_seq *q = &ctx->seq[s];
         const float *z = slot_logits(ctx, q->slot);
         int rc;
-        count_projection(ctx, q->set_n, 4);
-        rc = check_logits(ctx, s, layer, hrow[i], z, q->set_ids, q->set_n, 1, 0, &c);
+        eevpi_step_count_projection(ctx, q->set_n, 4);
+        rc = eevpi_step_check_logits(ctx, s, layer, hrow[i], z, q->set_ids, q->set_n, 1, 0, &c);
         if (rc != EEVP_OK) {
-            fail_seq(ctx, s, layer, rc, first);
+            eevpi_step_fail_seq(ctx, s, layer, rc, first);
             continue;
         }
-        remember_hidden(ctx, s, hrow[i]);
+        eevpi_step_remember_hidden(ctx, s, hrow[i]);
         if (last || c.exit) {
-            resolve(ctx, s, last ? EEVP_REASON_LAST_LAYER : EEVP_REASON_CONFIDENT, c.token,
+            eevpi_step_resolve(ctx, s, last ? EEVP_REASON_LAST_LAYER : EEVP_REASON_CONFIDENT, c.token,
                     layer, 1, c.conf, 0, q->set_n);
             if (exact && c.exit) {
                 xrow[n_exact] = i;
@@ -786,7 +785,7 @@ static void layer_pruned(eevp_ctx *ctx, int32_t layer, int32_t m, int32_t *list,
         eevpi_dist dist;
         if (eevpi_dist_scan(slot_logits(ctx, q->slot), NULL, (int32_t)h->offset,
                             (int32_t)h->V, 0, &dist) != EEVP_OK) {
-            fail_seq(ctx, list[i], layer, EEVP_ENONFINITE, first);
+            eevpi_step_fail_seq(ctx, list[i], layer, EEVP_ENONFINITE, first);
             continue;
         }
         q->res.token = (int32_t)h->offset + dist.top1;
@@ -816,7 +815,7 @@ static void layer_screened(eevp_ctx *ctx, int32_t layer, int32_t m, int32_t *lis
         int rc = eevpi_head_screen(h, ctx->pool, ctx->xn + (int64_t)i * d, ctx->k, ids, NULL,
                                    ctx->screen_work);
         if (rc != EEVP_OK) {
-            fail_seq(ctx, s, layer, rc, first);
+            eevpi_step_fail_seq(ctx, s, layer, rc, first);
             continue;
         }
         q->set_ids = ids;
@@ -878,16 +877,16 @@ static void layer_hidden(eevp_ctx *ctx, int32_t layer, int32_t m, int32_t *list,
     int32_t *xrow = ctx->row_of_seq;
     double *conf = (double *)ctx->pairs; /* m doubles of scratch */
     int32_t i, n_out = 0;
-    check c;
+    eevpi_check c;
 
     for (i = 0; i < m; i++) {
         const int32_t s = list[i];
-        int rc = check_hidden(ctx, s, layer, hrow[i], &c);
+        int rc = eevpi_step_check_hidden(ctx, s, layer, hrow[i], &c);
         if (rc != EEVP_OK) {
-            fail_seq(ctx, s, layer, rc, first);
+            eevpi_step_fail_seq(ctx, s, layer, rc, first);
             continue;
         }
-        remember_hidden(ctx, s, hrow[i]);
+        eevpi_step_remember_hidden(ctx, s, hrow[i]);
         if (last || c.exit) {
             conf[n_out] = c.conf;
             xrow[n_out] = i;
@@ -902,10 +901,10 @@ static void layer_hidden(eevp_ctx *ctx, int32_t layer, int32_t m, int32_t *list,
         const float *z = slot_logits(ctx, ctx->seq[s].slot);
         eevpi_dist dist;
         if (eevpi_dist_scan(z, NULL, (int32_t)h->offset, (int32_t)h->V, 0, &dist) != EEVP_OK) {
-            fail_seq(ctx, s, layer, EEVP_ENONFINITE, first);
+            eevpi_step_fail_seq(ctx, s, layer, EEVP_ENONFINITE, first);
             continue;
         }
-        resolve(ctx, s, last ? EEVP_REASON_LAST_LAYER : EEVP_REASON_CONFIDENT,
+        eevpi_step_resolve(ctx, s, last ? EEVP_REASON_LAST_LAYER : EEVP_REASON_CONFIDENT,
                 (int32_t)h->offset + dist.top1, layer, 0, conf[i], 1, (int32_t)h->V);
     }
 }
@@ -929,11 +928,11 @@ static int map_rows(eevp_ctx *ctx, int32_t n_rows, const int32_t *row_seq, int32
     if (!row_seq) {
         if (n_rows == ctx->n_seq) {
             for (s = 0; s < ctx->n_seq; s++)
-                if (running(&ctx->seq[s]))
+                if (eevpi_step_running(&ctx->seq[s]))
                     ctx->row_of_seq[s] = s;
         } else if (n_rows == n_running) {
             for (s = 0, r = 0; s < ctx->n_seq; s++)
-                if (running(&ctx->seq[s]))
+                if (eevpi_step_running(&ctx->seq[s]))
                     ctx->row_of_seq[s] = r++;
         } else {
             return eevpi_ctx_fail(ctx, EEVP_ERANGE, "n_rows %d: expected n_seq (%d) or the "
@@ -950,7 +949,7 @@ static int map_rows(eevp_ctx *ctx, int32_t n_rows, const int32_t *row_seq, int32
         if (s < 0 || s >= ctx->n_seq)
             return eevpi_ctx_fail(ctx, EEVP_ERANGE, "row_seq[%d] = %d outside 0..n_seq-1 (%d)",
                                   (int)r, (int)s, (int)ctx->n_seq - 1);
-        if (!running(&ctx->seq[s]))
+        if (!eevpi_step_running(&ctx->seq[s]))
             return eevpi_ctx_fail(ctx, EEVP_EINVAL, "row_seq[%d] names sequence %d, which "
                                   "already has a result", (int)r, (int)s);
         if (ctx->row_of_seq[s] >= 0)
@@ -961,15 +960,11 @@ static int map_rows(eevp_ctx *ctx, int32_t n_rows, const int32_t *row_seq, int32
     return EEVP_OK;
 }
 
-EEVP_API int eevp_step_layer(eevp_ctx *ctx, int32_t layer, const float *hidden, int64_t ld,
-                             int32_t n_rows, const int32_t *row_seq)
+int eevpi_step_layer_args(eevp_ctx *ctx, int32_t layer, const float *hidden, int64_t ld,
+                          int32_t n_rows, const int32_t *row_seq, int32_t *need)
 {
-    const float **hrow = ctx ? ctx->hrow : NULL;
-    int32_t n_running, s, m = 0, need;
-    int first = EEVP_OK;
-    int rc = eevpi_ctx_enter(ctx);
-    if (rc != EEVP_OK)
-        return rc;
+    int32_t n_running;
+    int rc;
     if (!ctx->active)
         return eevpi_ctx_fail(ctx, EEVP_ESTATE, "no step in progress (eevp_step_begin)");
     if (layer < 0 || layer >= ctx->o.n_layers)
@@ -983,10 +978,10 @@ EEVP_API int eevp_step_layer(eevp_ctx *ctx, int32_t layer, const float *hidden, 
     if (n_running == 0)
         return eevpi_ctx_fail(ctx, EEVP_ESTATE, "every sequence already has a result: "
                               "call eevp_step_end");
-    need = next_required(ctx, ctx->last_layer);
-    if (layer > need)
+    *need = next_required(ctx, ctx->last_layer);
+    if (layer > *need)
         return eevpi_ctx_fail(ctx, EEVP_ESTATE, "layer %d is required before layer %d",
-                              (int)need, (int)layer);
+                              (int)*need, (int)layer);
     if (!hidden)
         return eevpi_ctx_fail(ctx, EEVP_EINVAL, "hidden is NULL");
     if (ld < ctx->head->d)
@@ -998,17 +993,33 @@ EEVP_API int eevp_step_layer(eevp_ctx *ctx, int32_t layer, const float *hidden, 
     if ((rc = map_rows(ctx, n_rows, row_seq, n_running)) != EEVP_OK)
         return rc;
     ctx->last_layer = layer;
+    return EEVP_OK;
+}
+
+EEVP_API int eevp_step_layer(eevp_ctx *ctx, int32_t layer, const float *hidden, int64_t ld,
+                             int32_t n_rows, const int32_t *row_seq)
+{
+    const float **hrow = ctx ? ctx->hrow : NULL;
+    int32_t s, m = 0, need = 0;
+    int first = EEVP_OK;
+    int rc = eevpi_ctx_enter(ctx);
+    if (rc != EEVP_OK)
+        return rc;
+    if (ctx->sh.n_shards > 0)
+        return eevpi_ctx_fail(ctx, EEVP_ESTATE, "a shard context takes eevp_shard_layer");
+    if ((rc = eevpi_step_layer_args(ctx, layer, hidden, ld, n_rows, row_seq, &need)) != EEVP_OK)
+        return rc;
     if (layer != need)
         return EEVP_OK; /* not required: ignored */
 
     /* Normalise every running row (and catch NaN/Inf) in sequence order. */
     for (s = 0; s < ctx->n_seq; s++) {
         const float *x;
-        if (!running(&ctx->seq[s]))
+        if (!eevpi_step_running(&ctx->seq[s]))
             continue;
         x = hidden + (int64_t)ctx->row_of_seq[s] * ld;
         if (eevpi_head_norm(ctx->head, x, ctx->xn + (int64_t)m * ctx->head->d) != EEVP_OK) {
-            fail_seq(ctx, s, layer, EEVP_ENONFINITE, &first);
+            eevpi_step_fail_seq(ctx, s, layer, EEVP_ENONFINITE, &first);
             continue;
         }
         hrow[m] = x;
@@ -1044,11 +1055,12 @@ EEVP_API int eevp_step_candidates(eevp_ctx *ctx, int32_t seq, int32_t capacity, 
     q = &ctx->seq[seq];
     if (q->res.reason != EEVP_REASON_CONFIDENT && q->res.reason != EEVP_REASON_LAST_LAYER)
         return eevpi_ctx_fail(ctx, EEVP_ESTATE, "sequence %d has no resolved token", (int)seq);
-    z = slot_logits(ctx, q->slot);
+    z = q->cand_z ? q->cand_z : slot_logits(ctx, q->slot);
     n = q->cand_n;
     for (j = 0; j < n; j++) {
         ctx->pairs[j].v = z[j];
-        ctx->pairs[j].i = q->cand_full ? ctx->iota[j] : q->set_ids[j];
+        ctx->pairs[j].i = q->cand_ids ? q->cand_ids[j] : q->cand_full ? ctx->iota[j]
+                                                                       : q->set_ids[j];
     }
     m = capacity < n ? capacity : n;
     eevpi_select_sorted(ctx->pairs, n, m);

@@ -31,6 +31,7 @@ EEVP_API const char *eevp_strerror(int code)
     case EEVP_ECALLBACK: return "user callback returned an invalid result";
     case EEVP_ENONFINITE: return "NaN or infinity in a hidden state or in logits";
     case EEVP_EBUSY: return "context re-entered from its own callback";
+    case EEVP_ERECORD: return "a shard record is malformed, or the ranks' records disagree";
     default: return "unknown status code";
     }
 }
