@@ -22,6 +22,7 @@ Suite *make_batch_suite(void);
 Suite *make_policies_suite(void);
 Suite *make_spec_suite(void);
 Suite *make_corners_suite(void);
+Suite *make_shard_suite(void);
 
 int main(void)
 {
@@ -38,6 +39,7 @@ int main(void)
     srunner_add_suite(sr, make_policies_suite());
     srunner_add_suite(sr, make_spec_suite());
     srunner_add_suite(sr, make_corners_suite());
+    srunner_add_suite(sr, make_shard_suite());
 
     srunner_run_all(sr, CK_ENV); /* prints "N%: Checks: X, Failures: Y, Errors: Z" */
     n_run = srunner_ntests_run(sr);

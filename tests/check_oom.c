@@ -728,7 +728,11 @@ START_TEST(test_only_creators_allocate)
     char line[128];
     int missing = 0, i;
     static const char *const creators[] = { "eevp_head_create", "eevp_ctx_create",
-                                            "eevp_spec_create" };
+                                            "eevp_spec_create", "eevp_ctx_create_shard" };
+    eevp_head *sh[2];
+    eevp_ctx *shc[2];
+    unsigned char *rec[2], *acc;
+    int64_t cap, rsize[2];
     uint32_t seed = 5;
 
     memset(&t, 0, sizeof t);
@@ -748,6 +752,37 @@ START_TEST(test_only_creators_allocate)
         so.max_set = CV;
         so.n_layers = 4;
         ck_assert_int_eq(eevp_spec_create(&spec, h, &so, NULL, 0), EEVP_OK);
+    }
+    {
+        /* Two shards of h's rows. */
+        eevp_shard_options sso = EEVP_SHARD_OPTIONS_INIT;
+        eevp_ctx_options sco;
+        for (i = 0; i < 2; i++) {
+            eevp_head_options hso = EEVP_HEAD_OPTIONS_INIT;
+            hso.n_vocab = i ? CV - CV / 2 : CV / 2;
+            hso.dim = CD;
+            hso.weights = W + (i ? CV / 2 * CD : 0);
+            hso.vocab_offset = i ? CV / 2 : 0;
+            hso.logit_bias = b + (i ? CV / 2 : 0);
+            hso.norm = EEVP_NORM_RMS;
+            hso.allocator = &a;
+            ck_assert_int_eq(eevp_head_create(&sh[i], &hso, NULL, 0), EEVP_OK);
+            eevp_ctx_options_init(&sco);
+            sco.n_layers = 4;
+            sco.k = 5;
+            sco.first_layer = 1;
+            sco.threshold = 2.0f; /* never confident: every layer exchanges */
+            sco.flags = EEVP_CTX_EXACT_EXIT;
+            sco.allocator = &a;
+            sso.shard_index = i;
+            sso.n_shards = 2;
+            sso.total_vocab = CV;
+            ck_assert_int_eq(eevp_ctx_create_shard(&shc[i], sh[i], &sco, &sso, NULL, 0), EEVP_OK);
+        }
+        cap = eevp_shard_record_capacity(shc[0]);
+        rec[0] = canary_alloc_bytes((size_t)cap);
+        rec[1] = canary_alloc_bytes((size_t)cap);
+        acc = canary_alloc_bytes((size_t)cap);
     }
     fill_random(hid, 3 * HLD, &seed, -1, 1);
     work = canary_alloc_bytes((size_t)eevp_head_workspace_size(h, 2));
@@ -844,8 +879,45 @@ START_TEST(test_only_creators_allocate)
     CALLED("eevp_head_screen_workspace_size");
         ck_assert_int_gt(eevp_head_screen_workspace_size(hs, 4), 0);
     CALLED("eevp_head_screen"); ck_assert_int_eq(eevp_head_screen(hs, hid, 4, ids, z, sw), EEVP_OK);
+    {
+        eevp_shard_options sso2;
+        int32_t l;
+        CALLED("eevp_shard_options_init"); ck_assert_int_eq(eevp_shard_options_init(&sso2),
+                                                            EEVP_OK);
+        CALLED("eevp_shard_record_capacity");
+            ck_assert_int_eq(eevp_shard_record_capacity(shc[1]), cap);
+        for (i = 0; i < 2; i++)
+            ck_assert_int_eq(eevp_step_begin(shc[i], 1, NULL), EEVP_OK);
+        for (l = 0; l < 4 && eevp_step_n_running(shc[0]) > 0; l++) {
+            for (i = 0; i < 2; i++) {
+                CALLED("eevp_shard_layer");
+                ck_assert_int_eq(eevp_shard_layer(shc[i], l, hid, HLD, 1, NULL, rec[i], cap,
+                                                  &rsize[i]),
+                                 EEVP_OK);
+            }
+            while (rsize[0] > 0) {
+                const int64_t size = rsize[0];
+                memcpy(acc, rec[0], (size_t)size);
+                CALLED("eevp_shard_merge");
+                ck_assert_int_eq(eevp_shard_merge(acc, rec[1], size), EEVP_OK);
+                for (i = 0; i < 2; i++) {
+                    CALLED("eevp_shard_absorb");
+                    ck_assert_int_eq(eevp_shard_absorb(shc[i], acc, size, rec[i], cap,
+                                                       &rsize[i]),
+                                     EEVP_OK);
+                }
+            }
+        }
+        ck_assert_int_eq(eevp_step_n_running(shc[1]), 0);
+    }
     ck_assert_msg(t.n_calls == calls, "%lld allocation requests outside the creators",
                   (long long)(t.n_calls - calls));
+    for (i = 0; i < 2; i++) {
+        eevp_ctx_free(shc[i]);
+        eevp_head_free(sh[i]);
+        canary_free_bytes(rec[i]);
+    }
+    canary_free_bytes(acc);
     CALLED("eevp_spec_free"); eevp_spec_free(spec);
     CALLED("eevp_ctx_free"); eevp_ctx_free(ctx);
     CALLED("eevp_head_free"); eevp_head_free(h);
@@ -865,7 +937,7 @@ START_TEST(test_only_creators_allocate)
         line[strcspn(line, "\r\n")] = '\0';
         if (!line[0])
             continue;
-        for (k = 0; k < 3; k++)
+        for (k = 0; k < 4; k++)
             found |= strcmp(line, creators[k]) == 0;
         for (k = 0; k < n_seen; k++)
             found |= strcmp(line, seen[k]) == 0;
@@ -877,6 +949,53 @@ START_TEST(test_only_creators_allocate)
     fclose(fp);
     ck_assert_msg(missing == 0, "%d public functions not covered by the allocation tests",
                   missing);
+}
+END_TEST
+
+/* eevp_ctx_create_shard with its n-th allocation failing, for every n until
+ * it succeeds: EEVP_ENOMEM, *out NULL, nothing left allocated. */
+START_TEST(test_oom_shard)
+{
+    float *W, *b;
+    test_alloc t;
+    eevp_allocator a;
+    eevp_head *h;
+    eevp_ctx_options o;
+    eevp_shard_options so = EEVP_SHARD_OPTIONS_INIT;
+    eevp_ctx *c = NULL;
+    int64_t n, base;
+    int rc = EEVP_ENOMEM;
+    char msg[256];
+
+    memset(&t, 0, sizeof t);
+    a = test_allocator(&t);
+    h = plain_head(&W, &b, 1, NULL);
+    eevp_ctx_options_init(&o);
+    o.n_layers = 4;
+    o.k = 6;
+    o.max_batch = 3;
+    o.n_threads = _i ? 2 : 0;
+    o.criterion = _i ? EEVP_CRITERION_JS : EEVP_CRITERION_TOP2_GAP;
+    o.allocator = &a;
+    so.total_vocab = CV;
+    for (n = 1; rc != EEVP_OK; n++) {
+        base = t.live;
+        t.fail_at = t.n_calls + n;
+        c = (eevp_ctx *)&t; /* must be reset to NULL on failure */
+        rc = eevp_ctx_create_shard(&c, h, &o, &so, msg, sizeof msg);
+        if (rc == EEVP_OK)
+            break;
+        ck_assert_int_eq(rc, EEVP_ENOMEM);
+        ck_assert_ptr_null(c);
+        ck_assert_int_eq(t.live, base);
+        ck_assert(strstr(msg, "memory") != NULL);
+    }
+    ck_assert_int_ge(n, 3);
+    eevp_ctx_free(c);
+    ck_assert_int_eq(t.live, 0);
+    eevp_head_free(h);
+    free(W);
+    free(b);
 }
 END_TEST
 
@@ -940,6 +1059,7 @@ Suite *make_oom_suite(void)
     tcase_add_loop_test(tc, test_oom_ctx_policies, 0, N_PCFG);
     tcase_add_test(tc, test_only_creators_allocate);
     tcase_add_loop_test(tc, test_oom_spec, 0, 2);
+    tcase_add_loop_test(tc, test_oom_shard, 0, 2);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("steady");

@@ -40,6 +40,7 @@ EUSER = -7
 ECALLBACK = -8
 ENONFINITE = -9
 EBUSY = -10
+ERECORD = -11
 
 MAX_VOCAB = 2**31 - 1
 MAX_DIM = 1 << 24
@@ -49,6 +50,8 @@ MAX_LAYERS = 4096
 MAX_LIST = 65536
 MAX_THREADS = 64
 MAX_DRAFT = 7
+MAX_SHARDS = 256
+SHARD_FORMAT = 1
 
 HEAD_COPY = 1
 HEAD_NO_SIMD = 2
@@ -255,6 +258,9 @@ class eevp_stats(Structure):
         ("static_emitted", c_int64),
         ("exact_exits", c_int64),
         ("exact_exit_changed", c_int64),
+        ("shard_exchanges", c_int64),
+        ("shard_bytes_sent", c_int64),
+        ("shard_bytes_received", c_int64),
     ]
 
 
@@ -294,6 +300,16 @@ class eevp_spec_stats(Structure):
         ("emitted", c_int64),
         ("verify_rows", c_int64),
         ("failed", c_int64),
+    ]
+
+
+class eevp_shard_options(Structure):
+    _fields_ = [
+        ("struct_size", c_uint32),
+        ("shard_index", c_int32),
+        ("n_shards", c_int32),
+        ("top_k", c_int32),
+        ("total_vocab", c_int64),
     ]
 
 
@@ -360,6 +376,15 @@ _FUNCTIONS = {
     "eevp_spec_stats_get": (c_int, [_P, POINTER(eevp_spec_stats)]),
     "eevp_spec_layer_stats": (c_int, [_P, _P, _P, c_int32]),
     "eevp_spec_stats_reset": (c_int, [_P]),
+    # vocabulary-parallel heads (since 1.2)
+    "eevp_shard_options_init": (c_int, [POINTER(eevp_shard_options)]),
+    "eevp_ctx_create_shard": (c_int, [POINTER(c_void_p), _P, POINTER(eevp_ctx_options),
+                                      POINTER(eevp_shard_options), c_char_p, c_size_t]),
+    "eevp_shard_record_capacity": (c_int64, [_P]),
+    "eevp_shard_layer": (c_int, [_P, c_int32, _P, c_int64, c_int32, _P, _P, c_int64,
+                                 POINTER(c_int64)]),
+    "eevp_shard_merge": (c_int, [_P, _P, c_int64]),
+    "eevp_shard_absorb": (c_int, [_P, _P, c_int64, _P, c_int64, POINTER(c_int64)]),
 }
 
 

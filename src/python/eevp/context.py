@@ -88,6 +88,9 @@ class Stats:
     static_emitted: int = 0
     exact_exits: int = 0
     exact_exit_changed: int = 0
+    shard_exchanges: int = 0
+    shard_bytes_sent: int = 0
+    shard_bytes_received: int = 0
     exit_histogram: Tuple[int, ...] = ()
 
     def as_dict(self) -> dict:
@@ -205,7 +208,7 @@ class Context(_Exclusive):
         try:
             handle = c_void_p()
             msg = ctypes.create_string_buffer(512)
-            rc = lib.eevp_ctx_create(byref(handle), hh, byref(o), msg, len(msg))
+            rc = self._create(byref(handle), hh, o, msg)
             _check(rc, msg.value.decode(errors="replace"))
         except BaseException:
             head._release()
@@ -222,6 +225,10 @@ class Context(_Exclusive):
         self._n_seq = 0
         self._running = bytearray()
         self._n_running = 0
+
+    def _create(self, out, hh, o, msg) -> int:
+        """The C creation call (a ShardContext makes a shard's)."""
+        return lib.eevp_ctx_create(out, hh, byref(o), msg, len(msg))
 
     @staticmethod
     def memory_estimate(head: Head, n_layers: int, **options) -> int:

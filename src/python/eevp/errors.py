@@ -6,8 +6,8 @@ that raise them."""
 from __future__ import annotations
 
 from ._arrays import _i32
-from ._ffi import (EBUSY, ECALLBACK, EINVAL, ENOMEM, ENONFINITE, EOVERFLOW, ERANGE, ESTATE,
-                   ESTRUCT, EUSER, lib)
+from ._ffi import (EBUSY, ECALLBACK, EINVAL, ENOMEM, ENONFINITE, EOVERFLOW, ERANGE, ERECORD,
+                   ESTATE, ESTRUCT, EUSER, lib)
 
 
 def strerror(code: int) -> str:
@@ -68,9 +68,15 @@ class BusyError(EevpError, RuntimeError):
     code = EBUSY
 
 
+class RecordError(EevpError, ValueError):
+    """A shard record (eevp_shard_merge, eevp_shard_absorb) is malformed, of
+    another format version or shape, or disagrees with the other ranks'."""
+    code = ERECORD
+
+
 _ERRORS = {c.code: c for c in (InvalidArgument, OutOfRange, Overflow, OutOfMemory,
                                StructSizeError, StateError, UserCallbackError,
-                               CallbackResultError, NonFiniteError, BusyError)}
+                               CallbackResultError, NonFiniteError, BusyError, RecordError)}
 
 
 def error_for(code: int, message: str = "") -> EevpError:
