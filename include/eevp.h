@@ -1037,8 +1037,11 @@ EEVP_API int64_t eevp_shard_record_capacity(const eevp_ctx *ctx);
  * other rank's record of the same exchange (all of the same size) through
  * eevp_shard_merge, in any order or tree, and the merged record handed to
  * eevp_shard_absorb before anything else is done with the context.
- * Returns like eevp_step_layer; sequences may fail on their own (NaN/Inf in
- * a hidden state) before the exchange. */
+ * Criteria that read no logits (saturation, a custom one without
+ * EEVP_NEEDS_LOGITS) decide here, the same on every rank, and an exchange
+ * follows only for the sequences that exit (or reach the last layer), for
+ * the full head's argmax.  Returns like eevp_step_layer; sequences may fail
+ * on their own (NaN/Inf in a hidden state) before the exchange. */
 EEVP_API int eevp_shard_layer(eevp_ctx *ctx, int32_t layer, const float *hidden, int64_t ld,
                               int32_t n_rows, const int32_t *row_seq, void *record,
                               int64_t capacity, int64_t *size);
@@ -1064,14 +1067,19 @@ EEVP_API int eevp_shard_merge(void *acc, const void *in, int64_t size);
  * Every rank then makes the same decisions: exits, global tokens,
  * confidences, pruned sets (each rank gathers the rows of the set it owns).
  * When a decision needs a second exchange at the same layer (exact-token
- * exits, saturation exits) *next_size receives the size of the next record,
- * written to record, to be merged and absorbed like the first; else 0 and
- * the layer is done.  A merged record that is an error record, is
- * malformed, lacks a shard, or disagrees with this rank's own (step, layer,
- * configuration, hidden states) finishes the exchange's sequences with
- * EEVP_REASON_ERROR and status EEVP_ERECORD on every rank, and returns
- * EEVP_ERECORD; a `size` other than the exchange's is EEVP_ERANGE with
- * nothing changed. */
+ * exits) *next_size receives the size of the next record, written to
+ * record, to be merged and absorbed like the first; else 0 and the layer is
+ * done.  The host goes on while *next_size > 0, whatever the return code
+ * (eevp_step_end refuses while an exchange is pending).  Returns EEVP_OK,
+ * or the first per-sequence error: sequences fail on their own (EEVP_ENONFINITE
+ * for NaN/Inf in any shard's logits, EEVP_ERECORD for a sequence whose part
+ * of the record is incomplete or inconsistent, a custom criterion's
+ * EEVP_EUSER / EEVP_ECALLBACK) and the others are decided.  A merged record
+ * that is an error record, is malformed, lacks a shard, or disagrees with
+ * this rank's own (step, layer, configuration, hidden states) finishes all
+ * the exchange's sequences with EEVP_REASON_ERROR and status EEVP_ERECORD on
+ * every rank (*next_size 0) and returns EEVP_ERECORD; a `size` other than
+ * the exchange's is EEVP_ERANGE with nothing changed. */
 EEVP_API int eevp_shard_absorb(eevp_ctx *ctx, const void *merged, int64_t size, void *record,
                                int64_t capacity, int64_t *next_size);
 

@@ -303,7 +303,8 @@ static void produce_full(eevp_ctx *ctx, const int32_t *list, int32_t m, int32_t 
         const eevpi_seq *q = &ctx->seq[s];
         const float *z = ctx->logits + (int64_t)i * V;
         eevpi_pair *top = ctx->sh_pairs;
-        float *zs = ctx->sh_setz + (int64_t)s * ctx->kmax;
+        float *zs = ctx->kmax ? ctx->sh_setz + (int64_t)s * ctx->kmax : NULL;
+        const int32_t *own = ctx->kmax ? ctx->sh_own + (int64_t)s * ctx->kmax : NULL;
         int32_t n_set = 0;
         eevpi_slot slot;
         shard_sums(ctx, z, &slot);
@@ -317,14 +318,12 @@ static void produce_full(eevp_ctx *ctx, const int32_t *list, int32_t m, int32_t 
                 top[j].i = ids[j];
             }
             if (kset > 0 && q->has_set) {
-                const int32_t *own = ctx->sh_own + (int64_t)s * ctx->kmax;
                 for (j = 0; j < q->own_n; j++)
                     zs[j] = z[q->set_ids[own[j]] - h->offset];
                 n_set = q->own_n;
             }
         }
-        eevpi_rec_put_full(record, &info, s, ctx->sh.index, top, nt, &slot,
-                           ctx->sh_own + (int64_t)s * ctx->kmax, zs, n_set);
+        eevpi_rec_put_full(record, &info, s, ctx->sh.index, top, nt, &slot, own, zs, n_set);
     }
 }
 
@@ -613,7 +612,7 @@ static void decide_full(eevp_ctx *ctx, int32_t s, int32_t layer, const void *rec
     const float *x = ctx->sh_h + (int64_t)s * ctx->head->d;
     const float *tz = ctx->sh_topz + (int64_t)s * ctx->sh.ktop;
     const int32_t *ti = ctx->sh_topi + (int64_t)s * ctx->sh.ktop;
-    float *setz = ctx->sh_setz + (int64_t)s * ctx->kmax;
+    float *setz = ctx->kmax ? ctx->sh_setz + (int64_t)s * ctx->kmax : NULL;
     eevpi_slot *slots = (eevpi_slot *)ctx->sh_slots;
     int32_t n_top;
     eevpi_check c;

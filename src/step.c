@@ -101,6 +101,9 @@ EEVP_API int eevp_step_end(eevp_ctx *ctx)
         return rc;
     if (!ctx->active)
         return eevpi_ctx_fail(ctx, EEVP_ESTATE, "no step in progress");
+    if (ctx->sh_kind)
+        return eevpi_ctx_fail(ctx, EEVP_ESTATE, "an exchange is pending: hand its merged "
+                              "record to eevp_shard_absorb first");
     if (eevp_step_n_running(ctx) > 0)
         return eevpi_ctx_fail(ctx, EEVP_ESTATE, "%d sequence(s) still running: hand over "
                               "more layers, or call eevp_step_abandon",

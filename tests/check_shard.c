@@ -184,6 +184,8 @@ static void sim_layer(sim *m, int32_t layer, const float *hidden, int32_t n_rows
             ck_assert_msg(r == EEVP_OK || r == EEVP_ENONFINITE, "absorb %d: %s", r,
                           eevp_ctx_errmsg(m->ctx[i]));
             ck_assert_int_eq(next[i], next[0]);
+            if (next[i] > 0) /* even with every sequence resolved */
+                ck_assert_int_eq(eevp_step_end(m->ctx[i]), EEVP_ESTATE);
         }
         free(merged);
         for (i = 0; i < m->P; i++)
