@@ -519,7 +519,8 @@ EEVP_API int eevp_ctx_reset(eevp_ctx *ctx);
  * those still needed), 0 when it need not, EEVP_ERANGE outside 0 .. L-1. */
 EEVP_API int eevp_ctx_layer_required(const eevp_ctx *ctx, int32_t layer);
 
-/** Bytes this context allocated (equals eevp_ctx_memory_estimate). */
+/** Bytes this context allocated (equals eevp_ctx_memory_estimate, except on
+ * a shard context: eevp_ctx_create_shard). */
 EEVP_API int64_t eevp_ctx_memory(const eevp_ctx *ctx);
 
 /* ------------------------------------------------------------------------ */
@@ -788,8 +789,8 @@ typedef struct eevp_stats {
     int64_t exact_exit_changed;    /**< ... where the full argmax differed */
     /** @} */
     /** @name Vocabulary-parallel exchanges (since 1.2; 0 on an unsharded context)
-     * Per token: divide by tokens; per checked layer: by checks / tokens
-     * checks per token, or by shard_exchanges. */
+     * Per token: divide by tokens; per exchange: by shard_exchanges (one per
+     * required layer, two at a layer with exact-token exits). */
     /** @{ */
     int64_t shard_exchanges;       /**< records produced (one per exchange) */
     int64_t shard_bytes_sent;      /**< bytes of the records this rank produced */
@@ -1007,12 +1008,16 @@ EEVP_API int eevp_shard_options_init(eevp_shard_options *opts);
  * context then takes eevp_shard_layer / eevp_shard_absorb instead of
  * eevp_step_layer (EEVP_ESTATE); eevp_step_begin, _result, _candidates,
  * _end, _abandon, eevp_ctx_reset, the statistics and eevp_ctx_threshold work
- * as on any context, and every rank reads the same results.  What the
+ * as on any context, and every rank reads the same results, except that the
+ * candidates of a full-vocabulary decision (or an exact-token exit) are the
+ * merged top_k entries, not V logits.  eevp_ctx_memory counts the shard's
+ * buffers too, which eevp_ctx_memory_estimate (of an unsharded context)
+ * does not.  What the
  * records can carry decides what is refused here (EEVP_EINVAL, with the
  * reason in msg): the candidate-set policies (always-included and static
- * ids, adaptive K), EEVP_CTX_SCREEN, the JS criterion without pruning or
- * with re-pruning (its divergence over the vocabulary does not decompose
- * across shards).  A custom criterion that asks for logits is refused by
+ * ids, adaptive K), EEVP_CTX_SCREEN, the JS criterion without pruning
+ * (its divergence over the vocabulary does not decompose across shards;
+ * with pruning, full summaries carry the held set's logits).  A custom criterion that asks for logits is refused by
  * eevp_ctx_set_criterion unless every check it sees is on the pruned set
  * (pruning layer not checked, no re-pruning, EEVP_FINAL_PRUNED).
  * docs/SCALE_OUT.md has the protocol. */
@@ -1032,8 +1037,9 @@ EEVP_API int64_t eevp_shard_record_capacity(const eevp_ctx *ctx);
  * eevp_step_layer; every rank passes the same hidden states (they are read
  * during this call only).  On return *size is 0 when the layer is done (not
  * required, or decided without an exchange), or the size of the record
- * written to record[0 .. *size-1] (capacity bytes available; at most
- * eevp_shard_record_capacity).  That record must then be merged with every
+ * written to record[0 .. *size-1] (at most eevp_shard_record_capacity;
+ * capacity, the bytes available, must be at least that: EEVP_ERANGE
+ * otherwise).  That record must then be merged with every
  * other rank's record of the same exchange (all of the same size) through
  * eevp_shard_merge, in any order or tree, and the merged record handed to
  * eevp_shard_absorb before anything else is done with the context.
@@ -1059,7 +1065,8 @@ EEVP_API int eevp_shard_layer(eevp_ctx *ctx, int32_t layer, const float *hidden,
  * an error record, which absorbs later merges (an error in either operand
  * stays) and which eevp_shard_absorb reports.  Returns EEVP_OK,
  * EEVP_ERECORD (acc now holds the error), or EEVP_EINVAL / EEVP_ERANGE for
- * NULL pointers or a size below a header's (nothing written). */
+ * NULL pointers or a size below a header's or above INT32_MAX (nothing
+ * written). */
 EEVP_API int eevp_shard_merge(void *acc, const void *in, int64_t size);
 
 /** @brief Hand the merged record of an exchange back to the shard context.
@@ -1079,7 +1086,8 @@ EEVP_API int eevp_shard_merge(void *acc, const void *in, int64_t size);
  * this rank's own (step, layer, configuration, hidden states) finishes all
  * the exchange's sequences with EEVP_REASON_ERROR and status EEVP_ERECORD on
  * every rank (*next_size 0) and returns EEVP_ERECORD; a `size` other than
- * the exchange's is EEVP_ERANGE with nothing changed. */
+ * the exchange's, or a capacity below eevp_shard_record_capacity, is
+ * EEVP_ERANGE with nothing changed. */
 EEVP_API int eevp_shard_absorb(eevp_ctx *ctx, const void *merged, int64_t size, void *record,
                                int64_t capacity, int64_t *next_size);
 

@@ -194,6 +194,7 @@ static void plan(eevp_ctx *c, eevpi_arena *a)
         const int64_t Bs = c->sh.n_shards ? B : 0, T = c->sh.ktop;
         c->sh_part = (unsigned char *)eevpi_arena_take(a, Bs, 1);
         c->sh_h = (float *)eevpi_arena_take(a, Bs * d, sizeof(float));
+        c->sh_xi = (int32_t *)eevpi_arena_take(a, Bs, sizeof(int32_t));
         c->sh_topz = (float *)eevpi_arena_take(a, Bs * T, sizeof(float));
         c->sh_topi = (int32_t *)eevpi_arena_take(a, Bs * T, sizeof(int32_t));
         c->sh_setz = (float *)eevpi_arena_take(a, Bs * c->kmax, sizeof(float));

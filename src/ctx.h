@@ -116,7 +116,9 @@ struct eevp_ctx {
     int64_t sh_size;       /* its record's size */
     uint64_t sh_hash;      /* its hidden states' hash */
     unsigned char *sh_part;/* max_batch: sequence takes part in it */
-    float *sh_h;           /* max_batch x d: the layer's raw hidden rows */
+    float *sh_h;           /* max_batch x d: the layer's raw hidden rows, kept
+                              only for criteria that read them later */
+    int32_t *sh_xi;        /* max_batch: each sequence's row in xn */
     float *sh_topz;        /* max_batch x ktop merged candidates ... */
     int32_t *sh_topi;      /* ... and their ids */
     float *sh_setz;        /* max_batch x kmax merged set logits */

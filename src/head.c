@@ -295,11 +295,34 @@ EEVP_API int64_t eevp_head_memory(const eevp_head *h)
     return h ? h->bytes : EEVP_EINVAL;
 }
 
+/* out = ((x - mean) * inv) * nw + nb, element by element in double, one
+ * loop per combination of the optional vectors: each free of branches and,
+ * out overlapping none of the inputs, vectorised; the same operations in the
+ * same order as for one element alone. */
+static void norm_rows(const float *restrict x, const float *restrict nw,
+                      const float *restrict nb, float *restrict out, int64_t d, double mean,
+                      double inv)
+{
+    int64_t c;
+    if (nw && nb) {
+        for (c = 0; c < d; c++)
+            out[c] = (float)(((double)x[c] - mean) * inv * nw[c] + nb[c]);
+    } else if (nw) {
+        for (c = 0; c < d; c++)
+            out[c] = (float)(((double)x[c] - mean) * inv * nw[c]);
+    } else if (nb) {
+        for (c = 0; c < d; c++)
+            out[c] = (float)(((double)x[c] - mean) * inv + nb[c]);
+    } else {
+        for (c = 0; c < d; c++)
+            out[c] = (float)(((double)x[c] - mean) * inv);
+    }
+}
+
 int eevpi_head_norm(const eevp_head *h, const float *x, float *out)
 {
     const int64_t d = h->d;
     double sum, sumsq, mean = 0.0, inv;
-    int64_t c;
     h->kern->sums(x, d, &sum, &sumsq);
     /* Float squares cannot overflow a double sum: a non-finite sum means a
      * non-finite element. */
@@ -325,14 +348,7 @@ int eevpi_head_norm(const eevp_head *h, const float *x, float *out)
     /* A zero row with eps = 0 has no scale: it normalises to zero. */
     if (!isfinite(inv))
         inv = 0.0;
-    for (c = 0; c < d; c++) {
-        double y = ((double)x[c] - mean) * inv;
-        if (h->nw)
-            y *= h->nw[c];
-        if (h->nb)
-            y += h->nb[c];
-        out[c] = (float)y;
-    }
+    norm_rows(x, h->nw, h->nb, out, d, mean, inv);
     return EEVP_OK;
 }
 

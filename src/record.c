@@ -21,7 +21,7 @@ enum { S_MAX = 0, S_NFIN = 4, S_SUM = 8, S_SUMU = 16, S_FLAGS = 24 };
 #define SLOT_FILLED 1u
 #define SLOT_NONFINITE 2u
 
-static void put32(unsigned char *p, uint32_t v)
+static inline void put32(unsigned char *p, uint32_t v)
 {
     p[0] = (unsigned char)v;
     p[1] = (unsigned char)(v >> 8);
@@ -29,29 +29,29 @@ static void put32(unsigned char *p, uint32_t v)
     p[3] = (unsigned char)(v >> 24);
 }
 
-static uint32_t get32(const unsigned char *p)
+static inline uint32_t get32(const unsigned char *p)
 {
     return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
 }
 
-static void put16(unsigned char *p, uint32_t v)
+static inline void put16(unsigned char *p, uint32_t v)
 {
     p[0] = (unsigned char)v;
     p[1] = (unsigned char)(v >> 8);
 }
 
-static uint32_t get16(const unsigned char *p)
+static inline uint32_t get16(const unsigned char *p)
 {
     return (uint32_t)p[0] | (uint32_t)p[1] << 8;
 }
 
-static void put64(unsigned char *p, uint64_t v)
+static inline void put64(unsigned char *p, uint64_t v)
 {
     put32(p, (uint32_t)v);
     put32(p + 4, (uint32_t)(v >> 32));
 }
 
-static uint64_t get64(const unsigned char *p)
+static inline uint64_t get64(const unsigned char *p)
 {
     return (uint64_t)get32(p) | (uint64_t)get32(p + 4) << 32;
 }
@@ -95,15 +95,27 @@ static int all_zero(const unsigned char *p, int64_t n)
     return 1;
 }
 
+/* FNV-1a style over 64-bit little-endian pairs of words in four
+ * independent lanes (a d = 4096 hidden state hashes in well under a
+ * microsecond), folded into h; an odd last word goes alone. */
 uint64_t eevpi_hash_words(uint64_t h, const void *p, int64_t n_words)
 {
     const unsigned char *b = (const unsigned char *)p;
+    const uint64_t prime = 0x100000001b3ull;
+    uint64_t l0 = h, l1 = h + 1, l2 = h + 2, l3 = h + 3;
     int64_t i;
-    for (i = 0; i < n_words; i++) {
-        h ^= get32(b + 4 * i);
-        h *= 0x100000001b3ull;
+    for (i = 0; i + 8 <= n_words; i += 8) {
+        l0 = (l0 ^ get64(b + 4 * i)) * prime;
+        l1 = (l1 ^ get64(b + 4 * i + 8)) * prime;
+        l2 = (l2 ^ get64(b + 4 * i + 16)) * prime;
+        l3 = (l3 ^ get64(b + 4 * i + 24)) * prime;
     }
-    return h;
+    for (; i < n_words; i++)
+        l0 = (l0 ^ get32(b + 4 * i)) * prime;
+    h = (h ^ l0) * prime;
+    h = (h ^ l1) * prime;
+    h = (h ^ l2) * prime;
+    return (h ^ l3) * prime;
 }
 
 /* ---- layout ---- */

@@ -60,8 +60,6 @@ void eevpi_rec_put_full(void *rec, const eevpi_rec_info *info, int32_t s, int32_
 /* Sequence s's part of a set record: logits z[j] at set positions pos[j]. */
 void eevpi_rec_put_set(void *rec, const eevpi_rec_info *info, int32_t s, const int32_t *pos,
                        const float *z, int32_t n);
-/* Mark sequence s as taking part without content (a full summary with no
- * rows of its own is never produced: every shard has rows). */
 
 /* Check a record of `size` bytes completely and read its header.  Returns
  * 0, or the EEVPI_WHY_* reason it is malformed (an error record is well
@@ -82,7 +80,7 @@ int32_t eevpi_rec_get_set(const void *rec, const eevpi_rec_info *info, int32_t s
 /* Text of a reason. */
 const char *eevpi_rec_why(int32_t why);
 
-/* The fingerprint's hash: 64-bit FNV-1a over 32-bit words. */
+/* The fingerprint's hash: FNV-1a style, four lanes of 64-bit words. */
 uint64_t eevpi_hash_words(uint64_t h, const void *p, int64_t n_words);
 #define EEVPI_HASH_SEED 0xcbf29ce484222325ull
 

@@ -87,9 +87,6 @@ int eevpi_shard_refuse(const eevp_ctx_options *o, const eevp_head *head, eevpi_s
     REFUSE(js && k == 0, EEVP_EINVAL,
            "JS without pruning compares distributions over the whole vocabulary, which does "
            "not decompose across shards: set k");
-    REFUSE(js && (o->reprune_layer >= 0 || o->reprune_every > 0), EEVP_EINVAL,
-           "JS at a re-pruning layer compares over the set held before it, whose logits the "
-           "full-vocabulary summary does not carry: no re-pruning with JS");
 #undef REFUSE
     sh->ktop = sh->ktop ? sh->ktop : need;
     if (sh->ktop > sh->total_vocab)
@@ -212,20 +209,36 @@ static uint64_t config_hash(const eevp_ctx *ctx)
     return eevpi_hash_words(EEVPI_HASH_SEED, w, n);
 }
 
-static uint64_t hidden_hash(const eevp_ctx *ctx)
+/* The hidden states' part of the fingerprint: every sequence handed over
+ * at this layer (its index, position and raw row, ctx->hrow[s] during the
+ * layer call). */
+static uint64_t hidden_hash(const eevp_ctx *ctx, const int32_t *list, int32_t m)
 {
     uint64_t hash = EEVPI_HASH_SEED;
-    int32_t s;
-    for (s = 0; s < ctx->n_seq; s++) {
+    int32_t i;
+    for (i = 0; i < m; i++) {
+        const int32_t s = list[i];
         uint32_t w[2];
-        if (!ctx->sh_part[s])
-            continue;
         w[0] = (uint32_t)s;
         w[1] = (uint32_t)ctx->seq[s].position;
         hash = eevpi_hash_words(hash, w, 2);
-        hash = eevpi_hash_words(hash, ctx->sh_h + (int64_t)s * ctx->head->d, ctx->head->d);
+        hash = eevpi_hash_words(hash, ctx->hrow[s], ctx->head->d);
     }
     return hash;
+}
+
+/* Whether the raw rows are read after the layer call: by a custom
+ * criterion's view, or kept as the previous checked layer's. */
+static int keeps_rows(const eevp_ctx *ctx)
+{
+    return ctx->criterion == EEVP_CRITERION_CUSTOM || (ctx->needs & EEVP_NEEDS_PREV_HIDDEN);
+}
+
+/* Sequence s's raw row after the layer call, or NULL when not kept (no
+ * criterion in use reads it). */
+static const float *raw_row(const eevp_ctx *ctx, int32_t s)
+{
+    return keeps_rows(ctx) ? ctx->sh_h + (int64_t)s * ctx->head->d : NULL;
 }
 
 static void start_record(eevp_ctx *ctx, void *record, int32_t kind, int32_t round,
@@ -241,7 +254,7 @@ static void start_record(eevp_ctx *ctx, void *record, int32_t kind, int32_t roun
     info->round = round;
     info->config = config_hash(ctx);
     info->step = ctx->sh_step;
-    info->hash = ctx->sh_hash = hidden_hash(ctx);
+    info->hash = ctx->sh_hash; /* the layer's, for every round */
     eevpi_rec_start(record, info);
     eevpi_rec_put_range(record, ctx->sh.index, ctx->head->offset,
                         ctx->head->offset + ctx->head->V);
@@ -279,8 +292,8 @@ static void shard_sums(const eevp_ctx *ctx, const float *z, eevpi_slot *slot)
     }
 }
 
-/* Full summaries of sequences list[0..m-1] (their raw rows in sh_h) into
- * a new record. */
+/* Full summaries of sequences list[0..m-1] (in increasing order, their
+ * normalised rows in xn at sh_xi) into a new record. */
 static void produce_full(eevp_ctx *ctx, const int32_t *list, int32_t m, int32_t round,
                          void *record)
 {
@@ -290,8 +303,14 @@ static void produce_full(eevp_ctx *ctx, const int32_t *list, int32_t m, int32_t 
     const int32_t nt = ctx->sh.ktop < V ? ctx->sh.ktop : (int32_t)V;
     eevpi_rec_info info;
     int32_t i, j;
-    for (i = 0; i < m; i++)
-        eevpi_head_norm(h, ctx->sh_h + (int64_t)list[i] * d, ctx->xn + (int64_t)i * d);
+    for (i = 0; i < m; i++) {
+        /* Pack the rows: a row moves down onto one already consumed. */
+        const int32_t src = ctx->sh_xi[list[i]];
+        if (src != i)
+            memmove(ctx->xn + (int64_t)i * d, ctx->xn + (int64_t)src * d,
+                    (size_t)d * sizeof(float));
+        ctx->sh_xi[list[i]] = i;
+    }
     eevpi_head_project_pool(h, ctx->pool, m, ctx->xn, ctx->logits, V,
                             (ctx->o.flags & EEVP_CTX_BATCH_INVARIANT) != 0);
     eevpi_step_count_projection(ctx, (int64_t)m * V, h->wtype == EEVP_WEIGHT_F32 ? 4 : 2);
@@ -386,24 +405,30 @@ EEVP_API int eevp_shard_layer(eevp_ctx *ctx, int32_t layer, const float *hidden,
     if (layer != need)
         return EEVP_OK; /* not required: ignored */
     h = ctx->head;
-    /* Keep the raw rows (criteria read them, round 2 renormalises them);
-     * normalise and catch NaN/Inf. */
+    /* Normalise and catch NaN/Inf; keep the raw rows only where a criterion
+     * reads them after this call. */
     for (s = 0; s < ctx->n_seq; s++) {
-        float *x;
+        const float *x;
         ctx->sh_part[s] = 0;
         if (!eevpi_step_running(&ctx->seq[s]))
             continue;
-        x = ctx->sh_h + (int64_t)s * h->d;
-        memcpy(x, hidden + (int64_t)ctx->row_of_seq[s] * ld, (size_t)h->d * sizeof(float));
+        x = hidden + (int64_t)ctx->row_of_seq[s] * ld;
         if (eevpi_head_norm(h, x, ctx->xn + (int64_t)m * h->d) != EEVP_OK) {
             eevpi_step_fail_seq(ctx, s, layer, EEVP_ENONFINITE, &first);
             continue;
         }
+        if (keeps_rows(ctx)) {
+            memcpy(ctx->sh_h + (int64_t)s * h->d, x, (size_t)h->d * sizeof(float));
+            x = ctx->sh_h + (int64_t)s * h->d;
+        }
+        ctx->hrow[s] = x;
+        ctx->sh_xi[s] = m;
         any_set |= ctx->seq[s].has_set;
         ctx->list[m++] = s;
     }
     if (m == 0)
         return first;
+    ctx->sh_hash = hidden_hash(ctx, ctx->list, m);
     if (ctx->needs & EEVP_NEEDS_LOGITS) {
         if (full_layer(ctx, layer, any_set))
             produce_full(ctx, ctx->list, m, 0, record);
@@ -419,7 +444,7 @@ EEVP_API int eevp_shard_layer(eevp_ctx *ctx, int32_t layer, const float *hidden,
         int32_t n_out = 0;
         for (i = 0; i < m; i++) {
             const int32_t t = ctx->list[i];
-            const float *x = ctx->sh_h + (int64_t)t * h->d;
+            const float *x = ctx->hrow[t];
             eevpi_check c;
             rc = eevpi_step_check_hidden(ctx, t, layer, x, &c);
             if (rc != EEVP_OK) {
@@ -609,7 +634,7 @@ static void decide_full(eevp_ctx *ctx, int32_t s, int32_t layer, const void *rec
     const int checked = eevpi_ctx_is_checked(ctx, layer);
     const int builds = eevpi_ctx_pruning(ctx) && ctx->k > 0 &&
                        (layer == ctx->p || eevpi_ctx_reprunes(ctx, layer));
-    const float *x = ctx->sh_h + (int64_t)s * ctx->head->d;
+    const float *x = raw_row(ctx, s);
     const float *tz = ctx->sh_topz + (int64_t)s * ctx->sh.ktop;
     const int32_t *ti = ctx->sh_topi + (int64_t)s * ctx->sh.ktop;
     float *setz = ctx->kmax ? ctx->sh_setz + (int64_t)s * ctx->kmax : NULL;
@@ -749,13 +774,13 @@ EEVP_API int eevp_shard_absorb(eevp_ctx *ctx, const void *merged, int64_t size, 
             eevpi_step_fail_seq(ctx, s, layer, EEVP_ERECORD, &first);
             continue;
         }
-        rc = eevpi_step_check_logits(ctx, s, layer, ctx->sh_h + (int64_t)s * ctx->head->d, z,
-                                     q->set_ids, q->set_n, 1, 0, &c);
+        rc = eevpi_step_check_logits(ctx, s, layer, raw_row(ctx, s), z, q->set_ids, q->set_n,
+                                     1, 0, &c);
         if (rc != EEVP_OK) {
             eevpi_step_fail_seq(ctx, s, layer, rc, &first);
             continue;
         }
-        eevpi_step_remember_hidden(ctx, s, ctx->sh_h + (int64_t)s * ctx->head->d);
+        eevpi_step_remember_hidden(ctx, s, raw_row(ctx, s));
         if (layer == ctx->o.n_layers - 1 || c.exit) {
             eevpi_step_resolve(ctx, s,
                                c.exit && layer < ctx->o.n_layers - 1 ? EEVP_REASON_CONFIDENT

@@ -295,6 +295,7 @@ static const config configs[] = {
     {EEVP_CRITERION_STABILITY, 8, EEVP_FINAL_PRUNED, 1, -1, -1, 0, 0.5f},
     {EEVP_CRITERION_JS, 8, EEVP_FINAL_FULL, 1, -1, -1, 0, 0.9f},
     {EEVP_CRITERION_JS, 8, EEVP_FINAL_PRUNED, 2, 0, -1, 0, 0.9f},
+    {EEVP_CRITERION_JS, 8, EEVP_FINAL_FULL, 1, 0, 3, 0, 0.95f},
     {EEVP_CRITERION_SATURATION, 0, EEVP_FINAL_FULL, 1, -1, -1, 0, 0.2f},
     {EEVP_CRITERION_TOP2_GAP, 8, EEVP_FINAL_FULL, 2, 1, -1, EEVP_CTX_EXACT_EXIT, 0.2f},
     {EEVP_CRITERION_MAX_PROB, 30, EEVP_FINAL_PRUNED, 1, -1, -1, EEVP_CTX_EXACT_EXIT, 0.3f},
@@ -667,12 +668,9 @@ START_TEST(test_shard_refusals)
     ck_assert_ptr_nonnull(strstr(msg, "always"));
     o.n_always = 0;
     o.criterion = EEVP_CRITERION_JS;
-    o.reprune_layer = 2;
-    ck_assert_int_eq(eevp_ctx_create_shard(&ctx, h, &o, &so, msg, sizeof msg), EEVP_EINVAL);
-    ck_assert_ptr_nonnull(strstr(msg, "JS"));
-    o.reprune_layer = -1;
     o.k = 0;
     ck_assert_int_eq(eevp_ctx_create_shard(&ctx, h, &o, &so, msg, sizeof msg), EEVP_EINVAL);
+    ck_assert_ptr_nonnull(strstr(msg, "JS"));
     ck_assert_ptr_null(ctx);
     o.criterion = EEVP_CRITERION_TOP2_GAP;
     o.k = 4;

@@ -15,11 +15,13 @@
  *
  * Usage: bench [--quick] [--threads 1,2] [--shapes llama2,llama3,qwen,gpt2]
  *              [--reps n] [--parts ksbq] [--hidden FILE]
- * --parts: k kernels, s step API, b batched pruned checks, q int8 screening;
+ * --parts: k kernels, s step API, b batched pruned checks, q int8 screening,
+ * v vocabulary-parallel shards (the protocol's share and message sizes);
  * --hidden: a real model's hidden states (tests/bench/real_hidden.py) for
  * the screening recall and the overlap of candidate sets.
  */
 #include "internal.h"
+#include "ctx.h" /* bench_shard times a shard's own projection */
 
 #include <cblas.h>
 #include <math.h>
@@ -51,7 +53,7 @@ static const shape SHAPES[] = {
 };
 
 static int reps = 7;
-static const char *parts = "ksbq"; /* kernels, steps, batch, screen */
+static const char *parts = "ksbqv"; /* kernels, steps, batch, screen, vocab-parallel */
 static int quick = 0;
 static volatile unsigned char *evict_buf;
 static const char *cur_shape = "";
@@ -974,6 +976,208 @@ static void info(void)
     printf("I eevp_version %s\n", eevp_version_string());
 }
 
+
+/* ---- vocabulary-parallel shards ---- */
+
+#define SH_P 4
+#define SH_L 18
+
+typedef struct shard_world {
+    int32_t P;
+    eevp_head *h[8];
+    eevp_ctx *c[8];
+    int64_t cap;
+    unsigned char *rec[8], *acc;
+} shard_world;
+
+static void shard_open(shard_world *sw, const float *W, int64_t V, int64_t d, const float *nw,
+                       int32_t P, const eevp_ctx_options *o)
+{
+    int32_t i;
+    char msg[256];
+    memset(sw, 0, sizeof *sw);
+    sw->P = P;
+    for (i = 0; i < P; i++) {
+        eevp_head_options ho = EEVP_HEAD_OPTIONS_INIT;
+        eevp_shard_options so = EEVP_SHARD_OPTIONS_INIT;
+        const int64_t r0 = V * i / P, r1 = V * (i + 1) / P;
+        ho.n_vocab = r1 - r0;
+        ho.dim = d;
+        ho.weights = W + r0 * d;
+        ho.vocab_offset = r0;
+        ho.norm = EEVP_NORM_RMS;
+        ho.norm_weight = nw;
+        so.shard_index = i;
+        so.n_shards = P;
+        so.total_vocab = V;
+        if (eevp_head_create(&sw->h[i], &ho, msg, sizeof msg) != EEVP_OK ||
+            eevp_ctx_create_shard(&sw->c[i], sw->h[i], o, &so, msg, sizeof msg) != EEVP_OK) {
+            fprintf(stderr, "bench_shard: %s\n", msg);
+            exit(1);
+        }
+    }
+    sw->cap = eevp_shard_record_capacity(sw->c[0]);
+    for (i = 0; i < P; i++)
+        sw->rec[i] = (unsigned char *)xmalloc((size_t)sw->cap);
+    sw->acc = (unsigned char *)xmalloc((size_t)sw->cap);
+}
+
+static void shard_close(shard_world *sw)
+{
+    int32_t i;
+    for (i = 0; i < sw->P; i++) {
+        eevp_ctx_free(sw->c[i]);
+        eevp_head_free(sw->h[i]);
+        free(sw->rec[i]);
+    }
+    free(sw->acc);
+}
+
+/* One layer on every shard, merged in rank order.  With t, rank 0's view
+ * is timed as a real rank lives it: the caches evicted once (the model's
+ * layer runs between two checks), then its layer call (t[0]), the P - 1
+ * merges an all-gather leaves to it (t[3]) and its absorb (t[2]); the
+ * projection of its own set rows inside the layer call is timed apart, cold
+ * too (t[1]).  The other ranks run untimed. */
+static int64_t shard_layer(shard_world *sw, int32_t layer, const float *x, int64_t d,
+                           double *t)
+{
+    int64_t size = 0, next = 0, sz;
+    int32_t i;
+    double t0;
+    if (t) {
+        const eevpi_seq *q = &sw->c[0]->seq[0];
+        static float xn[1 << 14], z[256];
+        if (q->has_set && q->own_n > 0 && q->own_n <= 256 && d <= (1 << 14)) {
+            eevpi_head_norm(sw->h[0], x, xn);
+            evict();
+            t0 = now_ms();
+            eevpi_head_project_rows(sw->h[0], q->own_n, q->set_rows, d, q->set_bias, xn, z);
+            t[1] += now_ms() - t0;
+        }
+    }
+    for (i = sw->P - 1; i >= 0; i--) { /* rank 0 last: its data stays warm */
+        if (t && i == 0)
+            evict();
+        t0 = now_ms();
+        if (eevp_shard_layer(sw->c[i], layer, x, d, 1, NULL, sw->rec[i], sw->cap, &sz) !=
+            EEVP_OK) {
+            fprintf(stderr, "bench_shard: %s\n", eevp_ctx_errmsg(sw->c[i]));
+            exit(1);
+        }
+        if (t && i == 0)
+            t[0] += now_ms() - t0;
+        size = sz;
+    }
+    while (size > 0) {
+        t0 = now_ms();
+        memcpy(sw->acc, sw->rec[0], (size_t)size);
+        for (i = 1; i < sw->P; i++)
+            eevp_shard_merge(sw->acc, sw->rec[i], size);
+        if (t)
+            t[3] += now_ms() - t0;
+        for (i = 0; i < sw->P; i++) {
+            t0 = now_ms();
+            eevp_shard_absorb(sw->c[i], sw->acc, size, sw->rec[i], sw->cap, &next);
+            if (t && i == 0)
+                t[2] += now_ms() - t0;
+        }
+        size = next;
+    }
+    return sz;
+}
+
+static void bench_shard(world *w)
+{
+    const shape *s = w->s;
+    eevp_ctx_options o;
+    shard_world sw;
+    eevp_ctx *ref = NULL;
+    double share[MAXREP], check[MAXREP], t[4];
+    char msg[256];
+    int r;
+    int32_t l;
+    eevp_ctx_options_init(&o);
+    o.n_layers = SH_L;
+    o.k = 256;
+    o.first_layer = 0;
+    o.threshold = 2.0f; /* the top-2 gap never exceeds 1: every layer is checked */
+    shard_open(&sw, w->W, s->V, s->d, w->nw, SH_P, &o);
+    if (eevp_ctx_create(&ref, w->head, &o, msg, sizeof msg) != EEVP_OK) {
+        fprintf(stderr, "bench_shard: %s\n", msg);
+        exit(1);
+    }
+    /* One step per repetition: the pruning layer, then SH_L - 2 pruned
+     * checks; per checked layer, the protocol's work on rank 0 (its layer
+     * call less its own projection, the merges, its absorb) against the
+     * unsharded context's pruned check, both from evicted caches. */
+    for (r = 0; r < reps; r++) {
+        double t0, tref = 0.0;
+        memset(t, 0, sizeof t);
+        eevp_step_begin(ref, 1, NULL);
+        for (l = 0; l < SH_P; l++)
+            eevp_step_begin(sw.c[l], 1, NULL);
+        eevp_step_layer(ref, 0, w->hidden, s->d, 1, NULL);
+        shard_layer(&sw, 0, w->hidden, s->d, NULL);
+        for (l = 1; l < SH_L - 1; l++) {
+            const float *x = w->hidden + (int64_t)(l % 64) * s->d;
+            evict();
+            t0 = now_ms();
+            eevp_step_layer(ref, l, x, s->d, 1, NULL);
+            tref += now_ms() - t0;
+            shard_layer(&sw, l, x, s->d, t);
+        }
+        eevp_step_abandon(ref);
+        for (l = 0; l < SH_P; l++)
+            eevp_step_abandon(sw.c[l]);
+        check[r] = tref / (SH_L - 2);
+        share[r] = (t[0] - t[1] + t[2] + t[3]) / (SH_L - 2);
+    }
+    report("shard_protocol_k256_p4", median(share, reps));
+    report("shard_check_k256_unsharded", median(check, reps));
+    eevp_ctx_free(ref);
+    shard_close(&sw);
+}
+
+/* Bytes per token of the sharded protocol against gathering full fp32
+ * logits at every checked layer: V = 128256, P = 8, K = 256, 32 checked
+ * layers, counted from the records a real exchange produces (d does not
+ * change their size). */
+static void bench_shard_bytes(void)
+{
+    const int64_t V = 128256, d = 8;
+    float *W = (float *)xmalloc((size_t)(V * d) * 4), x[8];
+    eevp_ctx_options o;
+    eevp_stats st;
+    shard_world sw;
+    int64_t i;
+    int32_t l;
+    for (i = 0; i < V * d; i++)
+        W[i] = (float)urand() - 0.5f;
+    for (i = 0; i < d; i++)
+        x[i] = nrand();
+    eevp_ctx_options_init(&o);
+    o.n_layers = 32;
+    o.k = 256;
+    o.first_layer = 0;
+    o.threshold = 2.0f;
+    shard_open(&sw, W, V, d, NULL, 8, &o);
+    for (l = 0; l < 8; l++)
+        eevp_step_begin(sw.c[l], 1, NULL);
+    for (l = 0; l < 32; l++)
+        shard_layer(&sw, l, x, d, NULL);
+    for (l = 0; l < 8; l++)
+        eevp_step_end(sw.c[l]);
+    memset(&st, 0, sizeof st);
+    st.struct_size = sizeof st;
+    eevp_ctx_stats(sw.c[0], &st);
+    cur_shape = "llama3";
+    report("shard_bytes_per_token_p8", (double)st.shard_bytes_received);
+    report("full_logits_bytes_per_token", (double)(32 * V * 4));
+    shard_close(&sw);
+    free(W);
+}
+
 int main(int argc, char **argv)
 {
     const char *threads = "1,2", *shapes = "llama2,llama3,qwen,gpt2", *hidden = NULL;
@@ -1032,9 +1236,15 @@ int main(int argc, char **argv)
                     bench_batch(&w);
                 if (strchr(parts, 'q'))
                     bench_screen(&w);
+                if (strchr(parts, 'v') && cur_threads == 1)
+                    bench_shard(&w);
             }
         }
         world_free(&w);
+    }
+    if (strchr(parts, 'v')) {
+        cur_threads = 1;
+        bench_shard_bytes();
     }
     if (hidden) {
         cur_threads = 1;

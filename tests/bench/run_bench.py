@@ -148,6 +148,11 @@ def ratios(R, t):
         ("f16_full_speedup", ratio(g("llama2", "lib_full_b1"), g("llama2", "f16_full_b1"))),
         ("bf16_full_speedup", ratio(g("llama2", "lib_full_b1"), g("llama2", "bf16_full_b1"))),
         ("topk_share_152k", ratio(g("qwen", "topk_k256"), g("qwen", "lib_full_b1"))),
+        ("shard_merge_share_k256",
+         ratio(g("llama2", "shard_protocol_k256_p4"), g("llama2", "shard_check_k256_unsharded"))),
+        ("full_logits_bytes_vs_shard_bytes_128k_p8",
+         ratio(get(R, "llama3", 1, "full_logits_bytes_per_token"),
+               get(R, "llama3", 1, "shard_bytes_per_token_p8"))),
         ("int8_screen_speedup", ratio(g("llama2", "blas_full_b1"), g("llama2", "screen_step_b1"))),
         # The demo model's hidden states when available, else the synthetic ones.
         ("int8_screen_top1_recall",
