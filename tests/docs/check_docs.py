@@ -35,7 +35,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 TOP = os.path.dirname(os.path.dirname(HERE))
 GUIDES = ["README.md", "docs/START_C.md", "docs/START_CPP.md", "docs/START_PYTHON.md",
-          "docs/INTEGRATION.md", "docs/API.md", "docs/PYTHON.md"]
+          "docs/INTEGRATION.md", "docs/API.md", "docs/PYTHON.md", "docs/SCALE_OUT.md"]
 LANGS = {"c": "c", "cpp": "cpp", "c++": "cpp", "python": "python", "py": "python"}
 KINDS = {"c-program": "c", "c-fragment": "c", "cpp-program": "cpp", "cpp-fragment": "cpp",
          "python": "python", "python-fragment": "python"}

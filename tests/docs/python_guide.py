@@ -4,9 +4,11 @@
 A random head of V = 512 tokens in d = 32 dimensions, and a toy model whose
 hidden state for a token is that token's row of W plus noise that fades with
 depth, so that early layers are unsure and later ones confident.
-Sections: loop (§2), verifier (§3, lossless early exit), criterion (§5).
+Sections: loop (§2), verifier (§3, lossless early exit), shard (§3,
+vocabulary-parallel heads: P ranks as threads), criterion (§5).
 """
 import math
+import threading
 
 import numpy as np
 
@@ -71,6 +73,67 @@ def verifier():
     docfrag.check(st.drafted == 4 and st.accepted == 2, "stats %r" % (st,))
 
 
+def shard():
+    """The block runs once per rank, P = 3 ranks as threads, with a comm
+    whose allgather meets at a barrier; every rank's token must be the
+    unsharded context's on the same states."""
+    P, L, target = 3, 12, 300
+    noise = [0.3 * rng.standard_normal(D).astype(np.float32) for _ in range(L)]
+    barrier = threading.Barrier(P, timeout=60)
+    slots = [None] * P
+
+    class Comm:
+        def __init__(self, rank):
+            self.rank = rank
+
+        def Get_rank(self):
+            return self.rank
+
+        def Get_size(self):
+            return P
+
+        def allgather(self, obj):
+            slots[self.rank] = obj
+            barrier.wait()
+            out = list(slots)
+            barrier.wait()
+            return out
+
+    class Model:
+        def layer(self, layer):
+            return state(target, layer, noise[layer])[None, :]
+
+    spaces, errors = [dict(eevp=eevp, W=W, V=V, L=L, comm=Comm(r), model=Model())
+                      for r in range(P)], []
+
+    def rank_main(ns):
+        try:
+            docfrag.run(ns)
+        except BaseException as e:  # reported after the join
+            errors.append(e)
+            barrier.abort()
+
+    threads = [threading.Thread(target=rank_main, args=(ns,)) for ns in spaces]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    ctx = eevp.Context(eevp.Head(W), L, k=64, first_layer=2)
+    with ctx.step(1) as step:
+        for layer in range(L):
+            if step.layer(layer, Model().layer(layer)):
+                break
+    want = step.result(0)
+    got = [ns["step"].result(0) for ns in spaces]
+    docfrag.check(all(r == want for r in got), "ranks %r, unsharded %r" % (got, want))
+    docfrag.check(want.token == target and want.exited_early, "unsharded %r" % (want,))
+    st = spaces[0]["ctx"].stats()
+    docfrag.check(st.shard_exchanges > 0 and st.shard_bytes_sent == st.shard_bytes_received,
+                  "stats %r" % (st,))
+
+
 def criterion():
     head = eevp.Head(W)
     w, b = np.zeros(D, np.float32), -1.0
@@ -97,4 +160,5 @@ def criterion():
                   "probe: %r" % (r,))
 
 
-{"loop": loop, "verifier": verifier, "criterion": criterion}[docfrag.section()]()
+{"loop": loop, "verifier": verifier, "shard": shard,
+ "criterion": criterion}[docfrag.section()]()

@@ -193,7 +193,8 @@ class Constants(unittest.TestCase):
                    eevp.EOVERFLOW: eevp.Overflow, eevp.ENOMEM: eevp.OutOfMemory,
                    eevp.ESTRUCT: eevp.StructSizeError, eevp.ESTATE: eevp.StateError,
                    eevp.EUSER: eevp.UserCallbackError, eevp.ECALLBACK: eevp.CallbackResultError,
-                   eevp.ENONFINITE: eevp.NonFiniteError, eevp.EBUSY: eevp.BusyError}
+                   eevp.ENONFINITE: eevp.NonFiniteError, eevp.EBUSY: eevp.BusyError,
+                   eevp.ERECORD: eevp.RecordError}
         for code, cls in classes.items():
             e = eevp.error_for(code, "detail")
             self.assertIs(type(e), cls)

@@ -9,7 +9,7 @@ Context makes.  Also ShardStep, the step of a ShardContext."""
 from __future__ import annotations
 
 import ctypes
-from ctypes import byref, c_int64, c_void_p
+from ctypes import byref, c_int64
 from typing import Callable, Iterable, List, Optional
 
 from ._arrays import _Export, _i32, _i64, _int32_array, _matrix
@@ -221,6 +221,15 @@ class ShardContext(Context):
         self._exchanging = False
         self._deferred = []
         self._resolved = []
+
+    def end(self) -> None:
+        """End the step (see Context.end); StateError while an exchange
+        waits for its merged record, which may still change results (an
+        exact-token exit's second exchange)."""
+        if self._exchanging:
+            raise StateError(ESTATE, "an exchange is pending: hand its merged record to "
+                                     "absorb() first")
+        super().end()
 
     def _after_abandon(self):
         super()._after_abandon()
