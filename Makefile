@@ -27,15 +27,18 @@ BUILD_PACKAGES := gcc libopenblas-dev pkg-config
 # the demo: the library and the tinylm runtime (sentencepiece, jansson, the
 # WordNet text it evaluates on); no Python, no test tools
 DEMO_PACKAGES := $(BUILD_PACKAGES) g++ libsentencepiece-dev libjansson-dev wordnet-base
+# vocabulary-parallel shards over MPI: Open MPI for examples/mpi_vocab_parallel.c
+# (make check-mpi), mpi4py for Python hosts of the same exchange
+MPI_PACKAGES := openmpi-bin libopenmpi-dev python3-mpi4py
 # make check: Check, the binding's numpy cross-checks, the tinylm checkpoint
-# tests and the PyTorch cross-check
+# tests, the PyTorch cross-check and the MPI shards
 CHECK_PACKAGES := $(DEMO_PACKAGES) check python3-numpy sentencepiece python3-sentencepiece \
-  python3-torch cmake python3-pip python3-venv
+  python3-torch cmake python3-pip python3-venv $(MPI_PACKAGES)
 FUZZ_PACKAGES := clang libfuzzer-14-dev libclang-rt-14-dev
 VALGRIND_PACKAGES := valgrind
 ABI_PACKAGES := abi-dumper abi-compliance-checker
 DOCS_PACKAGES := doxygen
-DEB_PACKAGES := $(sort $(CHECK_PACKAGES) $(FUZZ_PACKAGES) $(VALGRIND_PACKAGES) \
+DEB_PACKAGES := $(sort $(CHECK_PACKAGES) $(MPI_PACKAGES) $(FUZZ_PACKAGES) $(VALGRIND_PACKAGES) \
   $(ABI_PACKAGES) $(DOCS_PACKAGES))
 
 BLAS_CFLAGS = $(shell $(PKG_CONFIG) --cflags openblas 2>/dev/null)
@@ -59,8 +62,8 @@ TEST_SRCS := $(wildcard tests/check_*.c) tests/ref.c
 ASAN_FLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 
 .PHONY: all check check-asan demo docs examples install uninstall deps clean \
-  deps-build deps-demo deps-check deps-fuzz deps-valgrind deps-abi deps-docs check-licence \
-  check-spec-dist
+  deps-build deps-demo deps-check deps-mpi deps-fuzz deps-valgrind deps-abi deps-docs \
+  check-licence check-spec-dist check-mpi
 
 all: $(SHARED) lib/$(SONAME) lib/libeevp.so $(STATIC) eevp.pc
 
@@ -115,7 +118,7 @@ deps:
 	echo "installing:$$missing"; \
 	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq$$missing
 
-deps-build deps-demo deps-check deps-fuzz deps-valgrind deps-abi deps-docs:
+deps-build deps-demo deps-check deps-mpi deps-fuzz deps-valgrind deps-abi deps-docs:
 	@$(MAKE) --no-print-directory deps \
 	  DEB_PACKAGES="$($(shell echo $(@:deps-%=%) | tr a-z A-Z)_PACKAGES)"
 
@@ -128,7 +131,7 @@ check: deps-check
 	$(MAKE) all tests/check_eevp
 	CK_DEFAULT_TIMEOUT=$${CK_DEFAULT_TIMEOUT:-60} tests/check_eevp
 	sh tests/check_symbols.sh
-	$(MAKE) check-licence check-spec-dist check-reliability check-python check-examples check-tinylm check-cmake check-docs
+	$(MAKE) check-licence check-spec-dist check-reliability check-python check-examples check-tinylm check-cmake check-docs check-mpi check-mpi-python
 
 # Speculative sampling keeps the full head's law (tests/spec_dist.c: chi-square
 # tests over 400000 samples, too many for valgrind, hence their own binary);
@@ -191,7 +194,7 @@ FUZZ_CC ?= clang
 FUZZ_SECONDS ?= 60
 FUZZ_SEED ?= 1
 # The demo runtime's checkpoint loader joins when it is in the tree.
-FUZZ_TARGETS := api options kernels spec $(if $(wildcard examples/tinylm/ckpt.c),tinylm)
+FUZZ_TARGETS := api options kernels spec shard $(if $(wildcard examples/tinylm/ckpt.c),tinylm)
 FUZZ_FLAGS := -g -O1 -fno-omit-frame-pointer -fsanitize=fuzzer,address,undefined \
   -fno-sanitize-recover=undefined
 FUZZ_DEPS := tests/fuzz/fuzz_common.h $(SRCS) $(wildcard src/*.h) include/eevp.h
@@ -491,6 +494,95 @@ demo-policies: tinylm
 demo-sweep: tinylm
 	$(TINYLM_PY) examples/tinylm/test/sweep_plot.py
 
+# ---- vocabulary-parallel shards over MPI --------------------------------------
+# examples/mpi_vocab_parallel.c: P ranks, each with a block of the LM head's
+# rows and a shard context (eevp_ctx_create_shard), exchange their records by
+# MPI_Allreduce (a user-defined MPI_Op over eevp_shard_merge) or MPI_Allgather,
+# on a synthetic head and on tinylm, and check every decision against the
+# unsharded head.  It reuses the tinylm runtime's own objects: the runner
+# (decode.o) and what it calls (ckpt.o, llama.o, tok.o); not all of
+# $(TINYLM_OBJS) less main.o, since demo.o calls run_generate in main.o.
+MPICC ?= mpicc
+MPIRUN ?= mpirun
+MPIRUN_FLAGS ?= --allow-run-as-root --oversubscribe
+MPI_TINYLM_OBJS := build/tinylm/decode.o build/tinylm/ckpt.o build/tinylm/llama.o \
+  build/tinylm/tok.o
+# One OpenBLAS thread per rank (two cores); shared-memory transfers without
+# CMA/KNEM, which containers often forbid; ranks yield while they wait.
+MPI_RUN_ENV := OPENBLAS_NUM_THREADS=1 OMPI_MCA_btl_vader_single_copy_mechanism=none \
+  OMPI_MCA_rmaps_base_oversubscribe=1 OMPI_MCA_mpi_yield_when_idle=1
+MPI_CHECK_RANKS ?= 1 2 3 4
+MPI_CHECK_TOKENS ?= 10
+MPI_CHECK_TIMEOUT ?= 300
+
+examples/mpi_vocab_parallel: examples/mpi_vocab_parallel.c $(MPI_TINYLM_OBJS) \
+  examples/tinylm/runtime.h examples/tinylm/tinylm.h include/eevp.h $(SHARED) lib/libeevp.so
+	$(MPICC) $(TINYLM_CFLAGS) -Iexamples/tinylm -o $@ $< $(MPI_TINYLM_OBJS) -Llib -leevp \
+	  -Wl,-rpath,'$$ORIGIN/../lib' $(TINYLM_LIBS) -lstdc++
+
+# 1 to 4 ranks (uneven blocks), by MPI_Allreduce and (2 ranks and more) by
+# MPI_Allgather, over the synthetic head and tinylm: 13 configurations each,
+# 2 prompts of MPI_CHECK_TOKENS tokens, every decision compared with the
+# unsharded head's (exit 1 on a mismatch).  Then the checks must see two
+# deliberate faults: a hidden state one ulp off on one rank, and a record
+# left out of the merge.  About 35 s on two busy cores.
+check-mpi: deps-demo deps-mpi
+	$(MAKE) all examples/mpi_vocab_parallel
+	@set -e; for n in $(MPI_CHECK_RANKS); do for x in "" --allgather; do \
+	  if [ $$n = 1 ] && [ -n "$$x" ]; then continue; fi; \
+	  log=build/check-mpi-$$n$$x.log; \
+	  echo "== mpirun -n $$n examples/mpi_vocab_parallel --quiet --tokens $(MPI_CHECK_TOKENS) $$x"; \
+	  if ! env $(MPI_RUN_ENV) timeout $(MPI_CHECK_TIMEOUT) $(MPIRUN) $(MPIRUN_FLAGS) -n $$n \
+	    examples/mpi_vocab_parallel --quiet --tokens $(MPI_CHECK_TOKENS) $$x > $$log 2>&1; then \
+	    cat $$log; echo "check-mpi: failed with $$n rank(s) $$x ($$log)"; exit 1; fi; \
+	  grep -E 'MISMATCH|NEAR-THRESHOLD|within 1e-6' $$log | sed 's/^/  /' || true; \
+	  tail -n 1 $$log | sed 's/^/  /'; \
+	done; done
+	@set -e; for f in "hidden" "drop --allgather"; do \
+	  log=build/check-mpi-fault.log; \
+	  if env $(MPI_RUN_ENV) timeout $(MPI_CHECK_TIMEOUT) $(MPIRUN) $(MPIRUN_FLAGS) -n 2 \
+	    examples/mpi_vocab_parallel --source synth --config gap-k64 --tokens 2 --quiet \
+	    --fault $$f > $$log 2>&1; then \
+	    cat $$log; echo "check-mpi: the fault --fault $$f passed: the checks cannot fail"; \
+	    exit 1; fi; \
+	  grep -q 'EEVP_ERECORD' $$log || { cat $$log; \
+	    echo "check-mpi: --fault $$f failed, but not through EEVP_ERECORD"; exit 1; }; \
+	  echo "check-mpi: --fault $$f fails, as it must: $$(grep -m1 EEVP_ERECORD $$log | sed 's/^ *//')"; \
+	done
+
+# ---- vocabulary-parallel shards over MPI, from Python -------------------------
+# examples/mpi_vocab_parallel.py: the loop of check-mpi through the binding
+# (eevp.ShardContext) and mpi4py, on its synthetic head, under $(PYTHON)
+# (Debian's python3-mpi4py serves /usr/bin/python3 only): 1 to 4 ranks, by
+# Allreduce (eevp.merge as an MPI.Op) and by allgather + eevp.merge_all, 13
+# configurations each, every decision compared with the unsharded head's.
+# Then the two deliberate faults must fail through eevp.RecordError.  About
+# 40 s on two cores; `make check` runs it after check-mpi.
+.PHONY: check-mpi-python
+check-mpi-python: deps-mpi
+	$(MAKE) all
+	@set -e; for n in $(MPI_CHECK_RANKS); do for x in "" --allgather; do \
+	  log=build/check-mpi-python-$$n$$x.log; \
+	  echo "== mpirun -n $$n $(PYTHON) examples/mpi_vocab_parallel.py --quiet $$x"; \
+	  if ! env $(PYTHON_TEST_ENV) EEVP_REQUIRE_MPI=1 $(MPI_RUN_ENV) timeout $(MPI_CHECK_TIMEOUT) \
+	    $(MPIRUN) $(MPIRUN_FLAGS) -n $$n $(PYTHON) examples/mpi_vocab_parallel.py --quiet $$x \
+	    > $$log 2>&1; then \
+	    cat $$log; echo "check-mpi-python: failed with $$n rank(s) $$x ($$log)"; exit 1; fi; \
+	  grep -E 'MISMATCH|NEAR-THRESHOLD|within 1e-6' $$log | sed 's/^/  /' || true; \
+	  tail -n 1 $$log | sed 's/^/  /'; \
+	done; done
+	@set -e; for f in "hidden" "drop --allgather"; do \
+	  log=build/check-mpi-python-fault.log; \
+	  if env $(PYTHON_TEST_ENV) EEVP_REQUIRE_MPI=1 $(MPI_RUN_ENV) timeout $(MPI_CHECK_TIMEOUT) \
+	    $(MPIRUN) $(MPIRUN_FLAGS) -n 2 $(PYTHON) examples/mpi_vocab_parallel.py \
+	    --config gap-k64 --tokens 2 --quiet --fault $$f > $$log 2>&1; then \
+	    cat $$log; echo "check-mpi-python: the fault --fault $$f passed: the checks cannot fail"; \
+	    exit 1; fi; \
+	  grep -q 'RecordError' $$log || { cat $$log; \
+	    echo "check-mpi-python: --fault $$f failed, but not through RecordError"; exit 1; }; \
+	  echo "check-mpi-python: --fault $$f fails, as it must: $$(grep -m1 RecordError $$log | sed 's/^ *//')"; \
+	done
+
 # ---- docs (issue 3) ---------------------------------------------------------
 # The API reference from the header's comments (docs/Doxyfile): HTML in
 # build/docs/html, section-3 man pages in build/docs/man/man3.  Any Doxygen
@@ -541,7 +633,8 @@ uninstall:
 	if [ -z "$(DESTDIR)" ] && [ "$$(id -u)" = 0 ] && command -v ldconfig >/dev/null; then ldconfig; fi
 
 clean:
-	rm -rf build lib eevp.pc tests/check_eevp $(EXAMPLES) examples/tinylm/tinylm tests/bench/bench
+	rm -rf build lib eevp.pc tests/check_eevp $(EXAMPLES) examples/tinylm/tinylm tests/bench/bench \
+	  examples/mpi_vocab_parallel
 
 # ---- CMake package, release tarball -----------------------------------------
 # make install writes a CMake package beside eevp.pc: eevpConfig.cmake (the
