@@ -14,8 +14,9 @@
 
 /* ---- demo / sweep -------------------------------------------------------------- */
 
-static const float thresholds[] = { 0.9f, 0.7f, 0.5f, 0.4f, 0.3f, 0.2f, 0.15f, 0.1f,
-                                    0.07f, 0.05f, 0.03f, 0.02f, 0.01f };
+static const float thresholds[] = { 0.9f, 0.7f, 0.5f, 0.4f, 0.3f, 0.25f, 0.2f, 0.175f,
+                                    0.15f, 0.125f, 0.1f, 0.085f, 0.07f, 0.06f, 0.05f, 0.04f,
+                                    0.03f, 0.02f, 0.01f };
 #define N_THRESHOLDS ((int)(sizeof thresholds / sizeof *thresholds))
 
 /* Free-running agreement of the three modes at base, from the held-out
