@@ -88,11 +88,37 @@ static double getd(const unsigned char *p)
 
 static int all_zero(const unsigned char *p, int64_t n)
 {
+    uint64_t acc = 0, w;
     int64_t i;
-    for (i = 0; i < n; i++)
-        if (p[i])
-            return 0;
-    return 1;
+    for (i = 0; i + 8 <= n; i += 8) {
+        memcpy(&w, p + i, 8);
+        acc |= w;
+    }
+    for (; i < n; i++)
+        acc |= p[i];
+    return acc == 0;
+}
+
+/* Index of the lowest set bit of v != 0. */
+static int lowest_bit(uint32_t v)
+{
+#if defined(__GNUC__)
+    return __builtin_ctz(v);
+#else
+    int n = 0;
+    while (!(v & 1u)) {
+        v >>= 1;
+        n++;
+    }
+    return n;
+#endif
+}
+
+/* Bits of word w of a kset-position bitmap that name positions. */
+static uint32_t valid_bits(int32_t kset, int64_t w)
+{
+    const int64_t n = kset - 32 * w;
+    return n >= 32 ? 0xffffffffu : (1u << n) - 1u;
 }
 
 /* FNV-1a style over 64-bit little-endian pairs of words in four
@@ -236,12 +262,25 @@ void eevpi_rec_put_set(void *rec, const eevpi_rec_info *info, int32_t s, const i
 static int check_set(const unsigned char *q, int32_t kset)
 {
     const unsigned char *bits = q + 4 * (int64_t)kset;
-    int32_t j;
-    for (j = 0; j < kset; j++)
-        if (!(get32(bits + 4 * (j / 32)) >> (j % 32) & 1u) && get32(q + 4 * (int64_t)j))
+    int64_t w;
+    for (w = 0; w < words(kset); w++) {
+        const uint32_t b = get32(bits + 4 * w), valid = valid_bits(kset, w);
+        uint32_t unset = ~b & valid;
+        if (b & ~valid)
             return EEVPI_WHY_MALFORMED;
-    if (kset % 32 && get32(bits + 4 * (kset / 32)) >> (kset % 32))
-        return EEVPI_WHY_MALFORMED;
+        if (unset == valid) { /* a word of positions this record does not fill */
+            const int64_t n = kset - 32 * w < 32 ? kset - 32 * w : 32;
+            if (!all_zero(q + 128 * w, 4 * n))
+                return EEVPI_WHY_MALFORMED;
+            continue;
+        }
+        while (unset) {
+            const int j = lowest_bit(unset);
+            unset &= unset - 1u;
+            if (get32(q + 128 * w + 4 * j))
+                return EEVPI_WHY_MALFORMED;
+        }
+    }
     return 0;
 }
 
@@ -510,15 +549,18 @@ static int merge_set(unsigned char *a, const unsigned char *b, int32_t kset)
     unsigned char *ba = a + 4 * (int64_t)kset;
     const unsigned char *bb = b + 4 * (int64_t)kset;
     int64_t w;
-    int32_t j;
     for (w = 0; w < words(kset); w++)
         if (get32(ba + 4 * w) & get32(bb + 4 * w))
             return EEVPI_WHY_SET_TWICE;
-    for (j = 0; j < kset; j++)
-        if (get32(bb + 4 * (j / 32)) >> (j % 32) & 1u)
-            memcpy(a + 4 * (int64_t)j, b + 4 * (int64_t)j, 4);
-    for (w = 0; w < words(kset); w++)
-        put32(ba + 4 * w, get32(ba + 4 * w) | get32(bb + 4 * w));
+    for (w = 0; w < words(kset); w++) {
+        uint32_t in = get32(bb + 4 * w);
+        put32(ba + 4 * w, get32(ba + 4 * w) | in);
+        while (in) {
+            const int j = lowest_bit(in);
+            in &= in - 1u;
+            memcpy(a + 128 * w + 4 * j, b + 128 * w + 4 * j, 4);
+        }
+    }
     return 0;
 }
 
