@@ -415,14 +415,9 @@ class Context(_Exclusive):
                 self._after_abandon()
         self._raise_pending()
 
-    def layer(self, layer: int, hidden, row_seq: Optional[Sequence[int]] = None) -> List[Result]:
-        """Hand over the raw hidden states after `layer` (eevp_step_layer):
-        n_rows x d, one row per sequence (n_seq rows), or only the running
-        sequences' rows (compacted, increasing order), or rows mapped by
-        row_seq.  Returns the results of the sequences this call resolved,
-        by sequence: exits, last-layer resolutions and per-sequence
-        failures (reason ERROR, .error).  An exception raised by a Python
-        criterion is re-raised after the call (the step stays in progress)."""
+    def _layer_args(self, layer, hidden, row_seq):
+        """The arguments of a layer call, checked: (layer, the hidden rows,
+        the row map's address and the object keeping it alive)."""
         ly = _i32(layer, "layer")
         head = self._head
         if head is None:
@@ -431,6 +426,17 @@ class Context(_Exclusive):
         raddr, rlen, rkeep = _int32_array(row_seq, "row_seq")
         if row_seq is not None and rlen != x.rows:
             raise ValueError("row_seq has %d entries, hidden %d rows" % (rlen, x.rows))
+        return ly, x, raddr, rkeep
+
+    def layer(self, layer: int, hidden, row_seq: Optional[Sequence[int]] = None) -> List[Result]:
+        """Hand over the raw hidden states after `layer` (eevp_step_layer):
+        n_rows x d, one row per sequence (n_seq rows), or only the running
+        sequences' rows (compacted, increasing order), or rows mapped by
+        row_seq.  Returns the results of the sequences this call resolved,
+        by sequence: exits, last-layer resolutions and per-sequence
+        failures (reason ERROR, .error).  An exception raised by a Python
+        criterion is re-raised after the call (the step stays in progress)."""
+        ly, x, raddr, rkeep = self._layer_args(layer, hidden, row_seq)
         with self._call() as h:
             rc = lib.eevp_step_layer(h, ly, x.addr, x.ld, _i32(x.rows, "n_rows"), raddr)
             if rc < 0 and rc not in (ENONFINITE, EUSER, ECALLBACK):

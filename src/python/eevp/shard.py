@@ -12,7 +12,7 @@ import ctypes
 from ctypes import byref, c_int64
 from typing import Callable, Iterable, List, Optional
 
-from ._arrays import _Export, _i32, _i64, _int32_array, _matrix
+from ._arrays import _Export, _i32, _i64
 from ._ffi import (ECALLBACK, ENONFINITE, ERECORD, ESTATE, EUSER, OK, eevp_shard_options, lib)
 from .context import Context, Result, Step
 from .errors import EevpError, StateError, _check, error_for
@@ -246,14 +246,7 @@ class ShardContext(Context):
         absorb() before anything else is done with the context.  Sequences
         whose rows hold NaN or Inf fail here, on their own (see
         .resolved)."""
-        ly = _i32(layer, "layer")
-        head = self._head
-        if head is None:
-            raise StateError(ESTATE, "the context is closed")
-        x = _matrix(hidden, head.dim, "hidden")
-        raddr, rlen, rkeep = _int32_array(row_seq, "row_seq")
-        if row_seq is not None and rlen != x.rows:
-            raise ValueError("row_seq has %d entries, hidden %d rows" % (rlen, x.rows))
+        ly, x, raddr, rkeep = self._layer_args(layer, hidden, row_seq)
         size = c_int64(0)
         with self._call() as h:
             buf = self._buffer(h)
