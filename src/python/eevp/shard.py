@@ -123,7 +123,8 @@ class ShardContext(Context):
     exchange (merge_all over an allgather, or an allreduce with merge as
     its operation), and hands to absorb(), which returns the next record
     when the decision needs a second exchange at that layer (exact-token
-    and saturation exits), else None.  exchange() runs that loop with a
+    exits), else None; with a hidden-state criterion (saturation) layer()
+    returns a record only when some sequence exits.  exchange() runs that loop with a
     function doing the cross-rank merge.  Everything else (step, results,
     candidates, statistics, criteria, thresholds) works as on a Context,
     and every rank reads the same results.  Options that records cannot
