@@ -512,6 +512,14 @@ static int make_error(unsigned char *acc, int64_t size, int32_t why)
     return EEVP_ERECORD;
 }
 
+/* Whether entry i of list a (logit, id; 8 bytes each) comes before entry j
+ * of list b in the order. */
+static int entry_before(const unsigned char *a, uint32_t i, const unsigned char *b, uint32_t j)
+{
+    return eevpi_before(getf(a + 8 * i), (int32_t)get32(a + 8 * i + 4), getf(b + 8 * j),
+                        (int32_t)get32(b + 8 * j + 4));
+}
+
 /* acc's n_a best pairs at e_a and in's n_b at e_b (both in the order) become
  * the best min(ktop, n_a + n_b) at e_a: count what each list gives, then
  * merge backwards so that no pair of acc is overwritten before it is read. */
@@ -521,17 +529,13 @@ static void merge_top(unsigned char *e_a, uint32_t n_a, const unsigned char *e_b
     const uint32_t n = n_a + n_b < ktop ? n_a + n_b : ktop;
     uint32_t ia = 0, ib = 0, k;
     for (k = 0; k < n; k++) {
-        if (ib >= n_b || (ia < n_a && eevpi_before(getf(e_a + 8 * ia), (int32_t)get32(e_a + 8 * ia + 4),
-                                                   getf(e_b + 8 * ib), (int32_t)get32(e_b + 8 * ib + 4))))
+        if (ib >= n_b || (ia < n_a && entry_before(e_a, ia, e_b, ib)))
             ia++;
         else
             ib++;
     }
     for (k = n; k-- > 0;) {
-        if (ia == 0 || (ib > 0 && eevpi_before(getf(e_a + 8 * (ia - 1)),
-                                                (int32_t)get32(e_a + 8 * (ia - 1) + 4),
-                                                getf(e_b + 8 * (ib - 1)),
-                                                (int32_t)get32(e_b + 8 * (ib - 1) + 4)))) {
+        if (ia == 0 || (ib > 0 && entry_before(e_a, ia - 1, e_b, ib - 1))) {
             ib--;
             memcpy(e_a + 8 * k, e_b + 8 * ib, 8);
         } else {

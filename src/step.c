@@ -179,8 +179,9 @@ void eevpi_step_fail_seq(eevp_ctx *ctx, int32_t s, int32_t layer, int code, int 
     }
 }
 
-void eevpi_step_resolve(eevp_ctx *ctx, int32_t s, int32_t reason, int32_t token, int32_t layer,
-                    int32_t pruned, double conf, int32_t cand_full, int32_t cand_n)
+void eevpi_step_resolve(eevp_ctx *ctx, int32_t s, int32_t reason, int32_t token,
+                        int32_t layer, int32_t pruned, double conf, int32_t cand_full,
+                        int32_t cand_n)
 {
     eevpi_seq *q = &ctx->seq[s];
     q->res.reason = reason;
@@ -268,7 +269,8 @@ static void project_full(eevp_ctx *ctx, const int32_t *list, const int32_t *xrow
     /* Slots 0..m-1 are needed: move resolved sequences' candidates out. */
     for (i = 0; i < m; i++) {
         const int32_t o = ctx->slot_owner[i];
-        if (o >= 0 && o < ctx->n_seq && !eevpi_step_running(&ctx->seq[o]) && ctx->seq[o].slot == i) {
+        if (o >= 0 && o < ctx->n_seq && !eevpi_step_running(&ctx->seq[o]) &&
+            ctx->seq[o].slot == i) {
             const int32_t f = free_slot(ctx, m);
             memcpy(slot_logits(ctx, f), slot_logits(ctx, i),
                    (size_t)ctx->seq[o].cand_n * sizeof(float));
@@ -363,8 +365,8 @@ static void fill_view(const eevp_ctx *ctx, int32_t s, int32_t layer, const float
  * vocabulary in row order).  `full_with_set`: z is the full vocabulary of a
  * sequence that holds a pruned set (JS compares over the set). */
 int eevpi_step_check_logits(eevp_ctx *ctx, int32_t s, int32_t layer, const float *h,
-                        const float *z, const int32_t *ids, int32_t n, int pruned,
-                        int full_with_set, eevpi_check *c)
+                            const float *z, const int32_t *ids, int32_t n, int pruned,
+                            int full_with_set, eevpi_check *c)
 {
     eevpi_seq *q = &ctx->seq[s];
     const int32_t id0 = (int32_t)ctx->head->offset;
@@ -438,7 +440,8 @@ int eevpi_step_check_logits(eevp_ctx *ctx, int32_t s, int32_t layer, const float
 }
 
 /* The criterion without logits (saturation, or a custom one not asking). */
-int eevpi_step_check_hidden(eevp_ctx *ctx, int32_t s, int32_t layer, const float *h, eevpi_check *c)
+int eevpi_step_check_hidden(eevp_ctx *ctx, int32_t s, int32_t layer, const float *h,
+                            eevpi_check *c)
 {
     eevpi_seq *q = &ctx->seq[s];
     const float *prev = ctx->prev_hidden + (int64_t)s * ctx->head->d;
