@@ -52,8 +52,8 @@ EEVP_API const char *eevp_ctx_errmsg(const eevp_ctx *ctx)
 }
 
 /* Read and check options against the head.  Writes the message to msg. */
-static int read_options(eevp_ctx_options *o, const eevp_head *head,
-                        const eevp_ctx_options *opts, char *msg, size_t msg_size)
+int eevpi_ctx_read_options(eevp_ctx_options *o, const eevp_head *head,
+                           const eevp_ctx_options *opts, char *msg, size_t msg_size)
 {
     int rc;
     eevp_ctx_options_init(o);
@@ -331,7 +331,7 @@ EEVP_API int eevp_ctx_memory_estimate(int64_t *bytes, const eevp_head *head,
     if (!bytes)
         return EEVP_EINVAL;
     *bytes = 0;
-    if ((rc = read_options(&o, head, opts, NULL, 0)) != EEVP_OK)
+    if ((rc = eevpi_ctx_read_options(&o, head, opts, NULL, 0)) != EEVP_OK)
         return rc;
     if ((arena = configure(&c, head, &o, NULL)) < 0)
         return EEVP_EOVERFLOW;
@@ -346,7 +346,7 @@ EEVP_API int eevp_ctx_create(eevp_ctx **out, const eevp_head *head,
 }
 
 int eevpi_ctx_create(eevp_ctx **out, const eevp_head *head, const eevp_ctx_options *opts,
-                     eevpi_shard_cfg *shard, char *msg, size_t msg_size)
+                     const eevpi_shard_cfg *shard, char *msg, size_t msg_size)
 {
     eevp_ctx_options o;
     eevpi_mem mem;
@@ -361,9 +361,7 @@ int eevpi_ctx_create(eevp_ctx **out, const eevp_head *head, const eevp_ctx_optio
         return EEVP_EINVAL;
     }
     *out = NULL;
-    if ((rc = read_options(&o, head, opts, msg, msg_size)) != EEVP_OK)
-        return rc;
-    if (shard && (rc = eevpi_shard_refuse(&o, head, shard, msg, msg_size)) != EEVP_OK)
+    if ((rc = eevpi_ctx_read_options(&o, head, opts, msg, msg_size)) != EEVP_OK)
         return rc;
     if ((rc = eevpi_mem_init(&mem, o.allocator, msg, msg_size)) != EEVP_OK)
         return rc;
@@ -540,6 +538,15 @@ EEVP_API int eevp_ctx_threshold(const eevp_ctx *ctx, int32_t t, float *lambda)
     return EEVP_OK;
 }
 
+/* On a shard context, whether every check a criterion sees is on a pruned
+ * set (whose K logits every rank holds); a full-vocabulary layer gives it
+ * only the merged top entries and sums, not the V logits. */
+static int shard_sees_sets_only(const eevp_ctx *ctx)
+{
+    return ctx->kmax > 0 && !eevpi_ctx_is_checked(ctx, ctx->p) && ctx->o.reprune_layer < 0 &&
+           ctx->o.reprune_every == 0 && ctx->o.final_policy == EEVP_FINAL_PRUNED;
+}
+
 EEVP_API int eevp_ctx_set_criterion(eevp_ctx *ctx, const eevp_criterion_vtbl *vtbl, void *state)
 {
     eevp_criterion_vtbl v;
@@ -559,8 +566,11 @@ EEVP_API int eevp_ctx_set_criterion(eevp_ctx *ctx, const eevp_criterion_vtbl *vt
         return eevpi_ctx_fail(ctx, EEVP_EINVAL, "vtbl->decide is required");
     if (v.needs & ~(EEVP_NEEDS_LOGITS | EEVP_NEEDS_PREV_HIDDEN))
         return eevpi_ctx_fail(ctx, EEVP_EINVAL, "unknown needs flags 0x%x", (unsigned)v.needs);
-    if (ctx->sh.n_shards > 0 && (rc = eevpi_shard_criterion_ok(ctx, v.needs)) != EEVP_OK)
-        return rc;
+    if (ctx->sh.n_shards > 0 && (v.needs & EEVP_NEEDS_LOGITS) && !shard_sees_sets_only(ctx))
+        return eevpi_ctx_fail(ctx, EEVP_EINVAL,
+                              "a custom criterion asking for logits sees only pruned sets on "
+                              "a shard context: prune (k > 0) at a layer that is not checked, "
+                              "no re-pruning, EEVP_FINAL_PRUNED");
     drop_user(ctx);
     ctx->user = v;
     ctx->user_state = state;

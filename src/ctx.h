@@ -153,14 +153,11 @@ int eevpi_ctx_pruning(const eevp_ctx *ctx);
 float eevpi_ctx_lambda(const eevp_ctx *ctx, int32_t t);
 /* Create a context; shard NULL for an unsharded one (ctx.c). */
 int eevpi_ctx_create(eevp_ctx **out, const eevp_head *head, const eevp_ctx_options *opts,
-                     eevpi_shard_cfg *shard, char *msg, size_t msg_size);
-/* What a shard context refuses, after the options were checked (shard.c):
- * EEVP_OK or EEVP_EINVAL with msg set; fills in sh->ktop. */
-int eevpi_shard_refuse(const eevp_ctx_options *o, const eevp_head *head,
-                       eevpi_shard_cfg *sh, char *msg, size_t msg_size);
-/* Whether a custom criterion with these needs can run on this shard
- * context; EEVP_OK or EEVP_EINVAL with the context's message set. */
-int eevpi_shard_criterion_ok(eevp_ctx *ctx, uint32_t needs);
+                     const eevpi_shard_cfg *shard, char *msg, size_t msg_size);
+/* Read and check options against the head (defaults for what struct_size
+ * does not cover); EEVP_OK or an error with msg set. */
+int eevpi_ctx_read_options(eevp_ctx_options *o, const eevp_head *head,
+                           const eevp_ctx_options *opts, char *msg, size_t msg_size);
 
 /* Shared by step.c and shard.c. */
 typedef struct eevpi_check {

@@ -56,8 +56,10 @@ static int64_t capacity_of(const eevp_ctx *ctx)
     return full > set ? full : set;
 }
 
-int eevpi_shard_refuse(const eevp_ctx_options *o, const eevp_head *head, eevpi_shard_cfg *sh,
-                       char *msg, size_t msg_size)
+/* What a shard context refuses, after the options were checked: EEVP_OK
+ * or an error with msg set; fills in sh->ktop. */
+static int refuse(const eevp_ctx_options *o, const eevp_head *head, eevpi_shard_cfg *sh,
+                  char *msg, size_t msg_size)
 {
     const int32_t k = o->k > 0 && o->k < sh->total_vocab ? o->k : 0;
     const int32_t need = k > 2 ? k : 2;
@@ -109,25 +111,13 @@ int eevpi_shard_refuse(const eevp_ctx_options *o, const eevp_head *head, eevpi_s
     return EEVP_OK;
 }
 
-int eevpi_shard_criterion_ok(eevp_ctx *ctx, uint32_t needs)
-{
-    if (!(needs & EEVP_NEEDS_LOGITS))
-        return EEVP_OK;
-    if (ctx->kmax == 0 || eevpi_ctx_is_checked(ctx, ctx->p) || ctx->o.reprune_layer >= 0 ||
-        ctx->o.reprune_every > 0 || ctx->o.final_policy != EEVP_FINAL_PRUNED)
-        return eevpi_ctx_fail(ctx, EEVP_EINVAL,
-                              "a custom criterion asking for logits sees only pruned sets on "
-                              "a shard context: prune (k > 0) at a layer that is not checked, "
-                              "no re-pruning, EEVP_FINAL_PRUNED");
-    return EEVP_OK;
-}
-
 EEVP_API int eevp_ctx_create_shard(eevp_ctx **out, const eevp_head *shard_head,
                                    const eevp_ctx_options *opts,
                                    const eevp_shard_options *shard, char *msg,
                                    size_t msg_size)
 {
     eevp_shard_options so;
+    eevp_ctx_options o;
     eevpi_shard_cfg cfg;
     int rc;
     eevpi_msg(msg, msg_size, "%s", "");
@@ -161,6 +151,9 @@ EEVP_API int eevp_ctx_create_shard(eevp_ctx **out, const eevp_head *shard_head,
     cfg.n_shards = so.n_shards;
     cfg.ktop = so.top_k;
     cfg.total_vocab = so.total_vocab;
+    if ((rc = eevpi_ctx_read_options(&o, shard_head, opts, msg, msg_size)) != EEVP_OK ||
+        (rc = refuse(&o, shard_head, &cfg, msg, msg_size)) != EEVP_OK)
+        return rc;
     return eevpi_ctx_create(out, shard_head, opts, &cfg, msg, msg_size);
 }
 
