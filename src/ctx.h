@@ -181,6 +181,9 @@ int eevpi_step_check_logits(eevp_ctx *ctx, int32_t s, int32_t layer, const float
 int eevpi_step_check_hidden(eevp_ctx *ctx, int32_t s, int32_t layer, const float *h,
                             eevpi_check *c);
 void eevpi_step_remember_hidden(eevp_ctx *ctx, int32_t s, const float *h);
+/* Store the softmax over sequence s's set, from the set's logits zs in set
+ * order, as the distribution the next JS check compares against. */
+void eevpi_step_remember_set_dist(eevp_ctx *ctx, int32_t s, const float *zs);
 /* Map rows to sequences into row_of_seq, check the layer's order; *need
  * receives the next required layer.  EEVP_OK or an error with nothing
  * changed. */

@@ -508,16 +508,6 @@ static void build_set(eevp_ctx *ctx, int32_t s, const eevpi_pair *top)
     ctx->size_hist_pending[n]++;
 }
 
-/* The softmax over the set, from its logits zs, for the next JS check. */
-static void remember_set_dist(eevp_ctx *ctx, int32_t s, const float *zs)
-{
-    eevpi_seq *q = &ctx->seq[s];
-    eevpi_dist d;
-    eevpi_dist_scan(zs, q->set_ids, 0, q->set_n, 1, &d);
-    eevpi_softmax(zs, &d, ctx->prev_dist + (int64_t)s * ctx->dist_len);
-    q->has_prev_p = 1;
-}
-
 /* The criterion at a full-vocabulary layer, from the merged summary: the
  * top entries give the token and the top-2, the shards' sums (combined
  * here, in shard order) the softmax's normaliser and entropy. */
@@ -676,12 +666,10 @@ static void decide_full(eevp_ctx *ctx, int32_t s, int32_t layer, const void *rec
     }
     if (builds) {
         build_set(ctx, s, ctx->sh_pairs);
-        if (ctx->criterion == EEVP_CRITERION_JS && checked) {
-            int32_t j;
-            for (j = 0; j < q->set_n; j++)
-                setz[j] = tz[j];
-            remember_set_dist(ctx, s, setz);
-        }
+        /* The new set is the first K merged entries: their logits, in set
+         * order, are tz's first K. */
+        if (ctx->criterion == EEVP_CRITERION_JS && checked)
+            eevpi_step_remember_set_dist(ctx, s, tz);
     }
 }
 

@@ -312,13 +312,12 @@ static const float *restrict_to_set(eevp_ctx *ctx, int32_t s, const float *z)
     return out;
 }
 
-/* Store P over the sequence's set, from full-vocabulary logits, as the
- * distribution the next JS check compares against. */
-static void remember_set_dist(eevp_ctx *ctx, int32_t s, const float *z)
+/* Store P over the sequence's set, from the set's logits in set order, as
+ * the distribution the next JS check compares against. */
+void eevpi_step_remember_set_dist(eevp_ctx *ctx, int32_t s, const float *zs)
 {
     eevpi_seq *q = &ctx->seq[s];
     eevpi_dist dist;
-    const float *zs = restrict_to_set(ctx, s, z);
     eevpi_dist_scan(zs, q->set_ids, 0, q->set_n, 1, &dist);
     eevpi_softmax(zs, &dist, ctx->prev_dist + (int64_t)s * ctx->dist_len);
     q->has_prev_p = 1;
@@ -684,7 +683,7 @@ static void layer_full(eevp_ctx *ctx, int32_t layer, int32_t m, const int32_t *l
         }
         /* The next JS check compares against this layer over the set. */
         if (ctx->criterion == EEVP_CRITERION_JS && checked && q->has_set)
-            remember_set_dist(ctx, s, z);
+            eevpi_step_remember_set_dist(ctx, s, restrict_to_set(ctx, s, z));
     }
     if (nb > 0)
         gather_sets(ctx, xrow, nb);
