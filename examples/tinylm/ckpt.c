@@ -601,6 +601,23 @@ int tl_model_load(tl_model *m, const char *dir, char *msg, size_t msg_size)
     }
     if (m->lm_head == NULL)
         m->lm_head = m->embed;
+    /* The seven matrices of each layer packed for tl_matmul. */
+    for (l = 0; l < m->cfg.n_layers; l++) {
+        tl_layer *L = &m->layers[l];
+        const int32_t d = m->cfg.hidden_size, ff = m->cfg.intermediate_size;
+        const int32_t qd = m->cfg.n_heads * m->cfg.head_dim;
+        const int32_t kvd = m->cfg.n_kv_heads * m->cfg.head_dim;
+        if (tl_matrix_pack(&L->mm[TL_MM_Q], L->wq, qd, d) != 0 ||
+            tl_matrix_pack(&L->mm[TL_MM_K], L->wk, kvd, d) != 0 ||
+            tl_matrix_pack(&L->mm[TL_MM_V], L->wv, kvd, d) != 0 ||
+            tl_matrix_pack(&L->mm[TL_MM_O], L->wo, d, qd) != 0 ||
+            tl_matrix_pack(&L->mm[TL_MM_GATE], L->w_gate, ff, d) != 0 ||
+            tl_matrix_pack(&L->mm[TL_MM_UP], L->w_up, ff, d) != 0 ||
+            tl_matrix_pack(&L->mm[TL_MM_DOWN], L->w_down, d, ff) != 0) {
+            set_msg(msg, msg_size, "out of memory packing layer %d", (int)l);
+            goto fail;
+        }
+    }
     free(w);
     free(names);
     return 0;
@@ -613,12 +630,16 @@ fail:
 
 void tl_model_free(tl_model *m)
 {
-    int32_t i;
+    int32_t i, k;
     if (m == NULL)
         return;
     for (i = 0; i < m->n_files; i++)
         file_close(&m->files[i]);
     free(m->files);
+    if (m->layers != NULL)
+        for (i = 0; i < m->cfg.n_layers; i++)
+            for (k = 0; k < TL_MM_N; k++)
+                tl_matrix_free(&m->layers[i].mm[k]);
     free(m->layers);
     free(m->arena);
     memset(m, 0, sizeof *m);

@@ -6,17 +6,14 @@
  * consecutive positions at a time (causal attention inside the batch).
  *
  * Batch invariance: a position gets the same bits alone or inside any batch.
- * Every matrix product goes through libeevp's fixed-order kernel (each
- * weight matrix wrapped as an eevp_head without norm, eevp_head_logits in
- * chunks of at most 16 rows, the range in which the library guarantees the
- * bits do not depend on the batch; the weights are borrowed, not copied);
- * norms, rotary embeddings and attention run per position with the same
- * code whatever the batch.  docs/TINYLM.md gives the cost against SGEMV and
- * SGEMM.
+ * Every matrix product goes through the runtime's fixed-order product
+ * (matmul.c: one FMA chain per output over the columns in order, whatever
+ * the batch); norms, rotary embeddings and attention run per position with
+ * the same code whatever the batch.  docs/TINYLM.md gives the cost against
+ * SGEMV and SGEMM.
  */
 #include "tinylm.h"
 
-#include <eevp.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -26,37 +23,18 @@ static int64_t kv_dim(const tl_config *c)
     return (int64_t)c->n_kv_heads * c->head_dim;
 }
 
-/* Rows per eevp_head_logits call: the library's batch-invariant range. */
-#define MM_ROWS 16
-
-enum { MM_Q, MM_K, MM_V, MM_O, MM_GATE, MM_UP, MM_DOWN, MM_N };
-
-/* A weight matrix (rows x cols, row-major) as a norm-less eevp_head. */
-static eevp_head *mm_head(const float *w, int64_t rows, int64_t cols)
-{
-    eevp_head_options o = EEVP_HEAD_OPTIONS_INIT;
-    eevp_head *h = NULL;
-    char msg[256];
-    o.n_vocab = rows;
-    o.dim = cols;
-    o.weights = w;
-    o.norm = EEVP_NORM_NONE;
-    return eevp_head_create(&h, &o, msg, sizeof msg) == EEVP_OK ? h : NULL;
-}
-
-/* y[i*ldy + r] = W_r . x_i for n rows of x: chunks of MM_ROWS rows, each
- * row's bits independent of n.  Returns 0, or -1 on a non-finite input. */
+/* y[i*ldy + r] = W_r . x_i for n rows of x through the batch-invariant
+ * product (matmul.c).  Returns 0, or -1 on a non-finite input. */
 static int matmul(tl_state *s, int32_t which, int32_t l, int32_t n, const float *x,
                   int64_t ldx, float *y, int64_t ldy)
 {
-    eevp_head *h = s->mm[(size_t)l * MM_N + (size_t)which];
-    int32_t i;
-    for (i = 0; i < n; i += MM_ROWS) {
-        int32_t m = n - i < MM_ROWS ? n - i : MM_ROWS;
-        if (eevp_head_logits(h, m, x + (size_t)i * (size_t)ldx, ldx, y + (size_t)i * (size_t)ldy,
-                             ldy, s->mm_work) != EEVP_OK)
-            return -1;
-    }
+    const tl_matrix *mx = &s->m->layers[l].mm[which];
+    int32_t i, c;
+    for (i = 0; i < n; i++)
+        for (c = 0; c < mx->cols; c++)
+            if (!isfinite(x[(size_t)i * (size_t)ldx + (size_t)c]))
+                return -1;
+    tl_matmul(mx, n, x, ldx, y, ldy);
     return 0;
 }
 
@@ -65,8 +43,8 @@ int tl_state_init(tl_state *s, const tl_model *m, int32_t max_seq)
     const tl_config *c = &m->cfg;
     size_t kvn = (size_t)c->n_layers * (size_t)max_seq * (size_t)kv_dim(c);
     const size_t B = TL_MAX_BATCH, d = (size_t)c->hidden_size, ff = (size_t)c->intermediate_size;
-    int64_t qd = (int64_t)c->n_heads * c->head_dim, ws = 0;
-    int32_t p, i, l, half = c->head_dim / 2;
+    int64_t qd = (int64_t)c->n_heads * c->head_dim;
+    int32_t p, i, half = c->head_dim / 2;
 
     memset(s, 0, sizeof *s);
     s->m = m;
@@ -83,35 +61,8 @@ int tl_state_init(tl_state *s, const tl_model *m, int32_t max_seq)
     s->hb2 = malloc(B * ff * sizeof(float));
     s->tmp = malloc(B * d * sizeof(float));
     s->xb = malloc(B * d * sizeof(float));
-    s->mm = calloc((size_t)c->n_layers * MM_N, sizeof *s->mm);
     if (!s->kcache || !s->vcache || !s->rope_cos || !s->rope_sin || !s->xn || !s->q ||
-        !s->att || !s->scores || !s->hb || !s->hb2 || !s->tmp || !s->xb ||
-        !s->mm) {
-        tl_state_free(s);
-        return -1;
-    }
-    for (l = 0; l < c->n_layers; l++) {
-        const tl_layer *L = &m->layers[l];
-        eevp_head **h = s->mm + (size_t)l * MM_N;
-        h[MM_Q] = mm_head(L->wq, qd, c->hidden_size);
-        h[MM_K] = mm_head(L->wk, kv_dim(c), c->hidden_size);
-        h[MM_V] = mm_head(L->wv, kv_dim(c), c->hidden_size);
-        h[MM_O] = mm_head(L->wo, c->hidden_size, qd);
-        h[MM_GATE] = mm_head(L->w_gate, c->intermediate_size, c->hidden_size);
-        h[MM_UP] = mm_head(L->w_up, c->intermediate_size, c->hidden_size);
-        h[MM_DOWN] = mm_head(L->w_down, c->hidden_size, c->intermediate_size);
-        for (i = 0; i < MM_N; i++) {
-            int64_t w = h[i] ? eevp_head_workspace_size(h[i], MM_ROWS) : -1;
-            if (w < 0) {
-                tl_state_free(s);
-                return -1;
-            }
-            if (w > ws)
-                ws = w;
-        }
-    }
-    if (posix_memalign(&s->mm_work, 64, (size_t)ws) != 0) {
-        s->mm_work = NULL;
+        !s->att || !s->scores || !s->hb || !s->hb2 || !s->tmp || !s->xb) {
         tl_state_free(s);
         return -1;
     }
@@ -128,12 +79,6 @@ int tl_state_init(tl_state *s, const tl_model *m, int32_t max_seq)
 
 void tl_state_free(tl_state *s)
 {
-    size_t i;
-    if (s->mm != NULL && s->m != NULL)
-        for (i = 0; i < (size_t)s->m->cfg.n_layers * MM_N; i++)
-            eevp_head_free(s->mm[i]);
-    free(s->mm);
-    free(s->mm_work);
     free(s->xb);
     free(s->kcache);
     free(s->vcache);
@@ -206,8 +151,8 @@ static int store_kv(tl_state *s, int32_t l, int32_t pos0, int32_t n)
     /* Consecutive positions are consecutive cache rows: the products write
      * straight into the cache (on failure, a non-finite input, the rows
      * already written are left for the caller, who gives up). */
-    if (matmul(s, MM_K, l, n, s->xn, d, cache_row(s->kcache, s, l, pos0), kvd) != 0 ||
-        matmul(s, MM_V, l, n, s->xn, d, cache_row(s->vcache, s, l, pos0), kvd) != 0)
+    if (matmul(s, TL_MM_K, l, n, s->xn, d, cache_row(s->kcache, s, l, pos0), kvd) != 0 ||
+        matmul(s, TL_MM_V, l, n, s->xn, d, cache_row(s->vcache, s, l, pos0), kvd) != 0)
         return -1;
     for (i = 0; i < n; i++) {
         const int32_t pos = pos0 + i;
@@ -235,6 +180,22 @@ int tl_layer_kv_only(tl_state *s, int32_t l, int32_t pos, const float *x)
     return tl_layer_kv_only_batch(s, l, pos, 1, x, s->m->cfg.hidden_size);
 }
 
+/* a . b in a fixed order: lane j of eight takes the elements i = j (mod 8)
+ * in increasing i, then a fixed pairwise sum and the tail.  Independent
+ * lanes let the compiler vectorise it; the order never depends on the batch. */
+static float dot_fixed(const float *a, const float *b, int32_t n)
+{
+    float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0}, s;
+    int32_t i, j;
+    for (i = 0; i + 8 <= n; i += 8)
+        for (j = 0; j < 8; j++)
+            acc[j] += a[i + j] * b[i + j];
+    s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+    for (; i < n; i++)
+        s += a[i] * b[i];
+    return s;
+}
+
 /* Attention of one query row (position pos) over the cache rows 0 .. pos. */
 static void attend(tl_state *s, int32_t l, int32_t pos, const float *q, float *att)
 {
@@ -247,11 +208,7 @@ static void attend(tl_state *s, int32_t l, int32_t pos, const float *q, float *a
         float mx = -INFINITY, sum = 0;
         float *out = att + (size_t)h * hd;
         for (t = 0; t <= pos; t++) {
-            const float *kr = cache_row(s->kcache, s, l, t) + koff;
-            float dot = 0;
-            for (i = 0; i < hd; i++)
-                dot += qh[i] * kr[i];
-            s->scores[t] = dot * scale;
+            s->scores[t] = dot_fixed(qh, cache_row(s->kcache, s, l, t) + koff, hd) * scale;
             if (s->scores[t] > mx)
                 mx = s->scores[t];
         }
@@ -259,12 +216,25 @@ static void attend(tl_state *s, int32_t l, int32_t pos, const float *q, float *a
             s->scores[t] = expf(s->scores[t] - mx);
             sum += s->scores[t];
         }
-        memset(out, 0, (size_t)hd * sizeof(float));
-        for (t = 0; t <= pos; t++) {
-            const float *vr = cache_row(s->vcache, s, l, t) + koff;
-            float a = s->scores[t] / sum;
-            for (i = 0; i < hd; i++)
-                out[i] += a * vr[i];
+        for (t = 0; t <= pos; t++)
+            s->scores[t] /= sum;
+        /* Eight outputs at a time, kept in registers over the whole cache;
+         * each output adds its terms in increasing t. */
+        for (i = 0; i < hd; i += 8) {
+            const int32_t w = hd - i < 8 ? hd - i : 8;
+            float o[8] = { 0, 0, 0, 0, 0, 0, 0, 0 };
+            int32_t j;
+            if (w == 8)
+                for (t = 0; t <= pos; t++) {
+                    const float *vr = cache_row(s->vcache, s, l, t) + koff + i;
+                    for (j = 0; j < 8; j++)
+                        o[j] += s->scores[t] * vr[j];
+                }
+            else
+                for (t = 0; t <= pos; t++)
+                    for (j = 0; j < w; j++)
+                        o[j] += s->scores[t] * cache_row(s->vcache, s, l, t)[koff + i + j];
+            memcpy(out + i, o, (size_t)w * sizeof(float));
         }
     }
 }
@@ -284,7 +254,7 @@ int tl_layer_forward_batch(tl_state *s, int32_t l, int32_t pos0, int32_t n, floa
     for (i = 0; i < n; i++)
         rmsnorm(s->xn + (size_t)i * (size_t)d, x + (size_t)i * (size_t)ldx, L->attn_norm,
                 (int32_t)d, c->rms_eps);
-    if (matmul(s, MM_Q, l, n, s->xn, d, s->q, qd) != 0 || store_kv(s, l, pos0, n) != 0)
+    if (matmul(s, TL_MM_Q, l, n, s->xn, d, s->q, qd) != 0 || store_kv(s, l, pos0, n) != 0)
         return -1;
     /* Causal attention inside the batch: row i sees the cache up to its
      * own position, which store_kv has just filled for the whole batch. */
@@ -294,7 +264,7 @@ int tl_layer_forward_batch(tl_state *s, int32_t l, int32_t pos0, int32_t n, floa
              s->rope_sin + (size_t)(pos0 + i) * half);
         attend(s, l, pos0 + i, q, s->att + (size_t)i * (size_t)qd);
     }
-    if (matmul(s, MM_O, l, n, s->att, qd, s->tmp, d) != 0)
+    if (matmul(s, TL_MM_O, l, n, s->att, qd, s->tmp, d) != 0)
         return -1;
     for (i = 0; i < n; i++)
         for (j = 0; j < d; j++)
@@ -303,14 +273,14 @@ int tl_layer_forward_batch(tl_state *s, int32_t l, int32_t pos0, int32_t n, floa
     for (i = 0; i < n; i++)
         rmsnorm(s->xn + (size_t)i * (size_t)d, x + (size_t)i * (size_t)ldx, L->ffn_norm,
                 (int32_t)d, c->rms_eps);
-    if (matmul(s, MM_GATE, l, n, s->xn, d, s->hb, ff) != 0 ||
-        matmul(s, MM_UP, l, n, s->xn, d, s->hb2, ff) != 0)
+    if (matmul(s, TL_MM_GATE, l, n, s->xn, d, s->hb, ff) != 0 ||
+        matmul(s, TL_MM_UP, l, n, s->xn, d, s->hb2, ff) != 0)
         return -1;
     for (j = 0; j < (int64_t)n * ff; j++) {
         float g = s->hb[j];
         s->hb[j] = g / (1.0f + expf(-g)) * s->hb2[j];
     }
-    if (matmul(s, MM_DOWN, l, n, s->hb, ff, s->tmp, d) != 0)
+    if (matmul(s, TL_MM_DOWN, l, n, s->hb, ff, s->tmp, d) != 0)
         return -1;
     for (i = 0; i < n; i++)
         for (j = 0; j < d; j++)

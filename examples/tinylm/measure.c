@@ -67,30 +67,16 @@ int tl_measure_prefill(const tl_model *m, const int32_t *ids, int32_t n_prompts,
     return rc;
 }
 
-/* One shape: the four timings of n_reps interleaved repetitions over every
- * layer's matrix of that kind. */
-typedef struct mm_kind {
-    const char *name;
-    size_t off;      /* offsetof the weight in tl_layer */
-    int rows_q, cols_q; /* 1: n_heads*head_dim, 2: kv, 3: ff, 0: d */
-} mm_kind;
-
-static int64_t dim_of(const tl_config *c, int code)
+/* The weight matrices of a layer, by tl_layer field, for OpenBLAS. */
+static const float *raw(const tl_layer *L, int k)
 {
-    return code == 1 ? (int64_t)c->n_heads * c->head_dim
-                     : code == 2 ? (int64_t)c->n_kv_heads * c->head_dim
-                                 : code == 3 ? c->intermediate_size : c->hidden_size;
+    const float *const w[TL_MM_N] = { L->wq, L->wk, L->wv, L->wo, L->w_gate, L->w_up, L->w_down };
+    return w[k];
 }
 
 int tl_measure_matmul(const tl_model *m, int32_t batch, double *fixed_vs_sgemv_b1,
                       double *fixed_vs_sgemm_bn)
 {
-    static const mm_kind kinds[] = {
-        { "q", offsetof(tl_layer, wq), 1, 0 },     { "k", offsetof(tl_layer, wk), 2, 0 },
-        { "v", offsetof(tl_layer, wv), 2, 0 },     { "o", offsetof(tl_layer, wo), 0, 1 },
-        { "gate", offsetof(tl_layer, w_gate), 3, 0 }, { "up", offsetof(tl_layer, w_up), 3, 0 },
-        { "down", offsetof(tl_layer, w_down), 0, 3 },
-    };
     enum { REPS = 15 };
     const tl_config *c = &m->cfg;
     const int64_t big = c->intermediate_size > c->hidden_size * 2 ? c->intermediate_size
@@ -98,81 +84,43 @@ int tl_measure_matmul(const tl_model *m, int32_t batch, double *fixed_vs_sgemv_b
     float *x = malloc((size_t)batch * (size_t)big * sizeof(float));
     float *y = malloc((size_t)batch * (size_t)big * sizeof(float));
     double t[4][REPS];
-    eevp_head **heads = calloc((size_t)c->n_layers * 7, sizeof *heads);
-    void *work = NULL;
-    int64_t ws = 0, i;
+    int64_t i;
     int32_t l, r, k, j;
-    int rc = 0;
 
-    if (!x || !y || !heads) {
-        rc = -1;
-        goto out;
+    if (!x || !y) {
+        free(x);
+        free(y);
+        return -1;
     }
     for (i = 0; i < (int64_t)batch * big; i++)
         x[i] = (float)((i * 7919) % 2003) / 2003.0f - 0.5f;
-    for (l = 0; l < c->n_layers && rc == 0; l++)
-        for (k = 0; k < 7 && rc == 0; k++) {
-            eevp_head_options o = EEVP_HEAD_OPTIONS_INIT;
-            char msg[128];
-            int64_t w;
-            o.n_vocab = dim_of(c, kinds[k].rows_q);
-            o.dim = dim_of(c, kinds[k].cols_q);
-            o.weights = *(const float *const *)((const char *)&m->layers[l] + kinds[k].off);
-            o.norm = EEVP_NORM_NONE;
-            if (eevp_head_create(&heads[l * 7 + k], &o, msg, sizeof msg) != EEVP_OK)
-                rc = -1;
-            else if ((w = eevp_head_workspace_size(heads[l * 7 + k], 16)) > ws)
-                ws = w;
-        }
-    if (rc != 0 || posix_memalign(&work, 64, (size_t)ws) != 0) {
-        work = NULL;
-        rc = -1;
-        goto out;
-    }
     for (r = 0; r < REPS; r++) {
-        double t0;
-        /* 0: SGEMV, 1: fixed B = 1, 2: SGEMM over the batch, 3: fixed in
-         * chunks of 16 over the batch; every matrix of every layer. */
+        /* 0: SGEMV, 1: fixed B = 1, 2: SGEMM over the batch, 3: fixed over
+         * the batch; every matrix of every layer. */
         for (j = 0; j < 4; j++) {
-            t0 = now();
+            double t0 = now();
             for (l = 0; l < c->n_layers; l++)
-                for (k = 0; k < 7; k++) {
-                    const float *w =
-                        *(const float *const *)((const char *)&m->layers[l] + kinds[k].off);
-                    const int64_t R = dim_of(c, kinds[k].rows_q), C = dim_of(c, kinds[k].cols_q);
-                    eevp_head *h = heads[l * 7 + k];
-                    int32_t b;
+                for (k = 0; k < TL_MM_N; k++) {
+                    const tl_matrix *mx = &m->layers[l].mm[k];
+                    const float *w = raw(&m->layers[l], k);
+                    const blasint R = mx->rows, C = mx->cols;
                     if (j == 0)
-                        cblas_sgemv(CblasRowMajor, CblasNoTrans, (blasint)R, (blasint)C, 1.0f, w,
-                                    (blasint)C, x, 1, 0.0f, y, 1);
+                        cblas_sgemv(CblasRowMajor, CblasNoTrans, R, C, 1.0f, w, C, x, 1, 0.0f,
+                                    y, 1);
                     else if (j == 1)
-                        rc |= eevp_head_logits(h, 1, x, C, y, R, work);
+                        tl_matmul(mx, 1, x, C, y, R);
                     else if (j == 2)
-                        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, batch, (blasint)R,
-                                    (blasint)C, 1.0f, x, (blasint)C, w, (blasint)C, 0.0f, y,
-                                    (blasint)R);
+                        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, batch, R, C, 1.0f,
+                                    x, C, w, C, 0.0f, y, R);
                     else
-                        for (b = 0; b < batch; b += 16)
-                            rc |= eevp_head_logits(h, batch - b < 16 ? batch - b : 16,
-                                                   x + (size_t)b * (size_t)C, C,
-                                                   y + (size_t)b * (size_t)R, R, work);
+                        tl_matmul(mx, batch, x, C, y, R);
                 }
             t[j][r] = now() - t0;
         }
     }
-    if (rc == 0) {
-        double m0 = median(t[0], REPS), m1 = median(t[1], REPS);
-        double m2 = median(t[2], REPS), m3 = median(t[3], REPS);
-        *fixed_vs_sgemv_b1 = m1 / m0;
-        *fixed_vs_sgemm_bn = m3 / m2;
-    }
-out:
-    if (heads != NULL)
-        for (l = 0; l < c->n_layers * 7; l++)
-            eevp_head_free(heads[l]);
-    free(heads);
-    free(work);
+    *fixed_vs_sgemv_b1 = median(t[1], REPS) / median(t[0], REPS);
+    *fixed_vs_sgemm_bn = median(t[3], REPS) / median(t[2], REPS);
     free(x);
     free(y);
-    return rc == 0 ? 0 : -1;
+    return 0;
 }

@@ -25,9 +25,19 @@ typedef struct tl_config {
     int32_t bos_id, eos_id;
 } tl_config;
 
+/* A weight matrix packed for tl_matmul (matmul.c). */
+typedef struct tl_matrix {
+    float *panels;         /* 16-row panels, column by column, zero-padded */
+    int32_t rows, cols;
+    int32_t portable;      /* 1: the portable kernel even on AVX2 (tests) */
+} tl_matrix;
+
+enum { TL_MM_Q, TL_MM_K, TL_MM_V, TL_MM_O, TL_MM_GATE, TL_MM_UP, TL_MM_DOWN, TL_MM_N };
+
 typedef struct tl_layer {
     const float *attn_norm, *wq, *wk, *wv, *wo;
     const float *ffn_norm, *w_gate, *w_up, *w_down;
+    tl_matrix mm[TL_MM_N]; /* the seven matrices packed (tl_model_load) */
 } tl_layer;
 
 typedef struct tl_file tl_file; /* one mapped safetensors file */
@@ -56,6 +66,19 @@ void tl_model_free(tl_model *m);
  * tensors to stdout.  0 or -1 with msg. */
 int tl_safetensors_list(const char *path, char *msg, size_t msg_size);
 
+/* ---- batch-invariant matrix product (matmul.c) --------------------------- */
+
+/* Pack W (rows x cols, row-major) into mx.  0, or -1 (bad shape, no memory). */
+int tl_matrix_pack(tl_matrix *mx, const float *w, int32_t rows, int32_t cols);
+void tl_matrix_free(tl_matrix *mx);
+/* y[i*ldy + r] = W_r . x_i for the n >= 1 rows x_i (ldx apart): each output
+ * one chain of FMAs over the columns in order, so the same bits whatever n,
+ * the row and the kernel (AVX2/FMA or portable). */
+void tl_matmul(const tl_matrix *mx, int32_t n, const float *x, int64_t ldx, float *y,
+               int64_t ldy);
+/* 1 when tl_matmul runs its AVX2/FMA kernel on this CPU. */
+int tl_matmul_simd(void);
+
 /* ---- forward pass (llama.c) --------------------------------------------- */
 
 /* Largest batch of positions one layer call takes (prefill chunks). */
@@ -70,8 +93,6 @@ typedef struct tl_state {
     float *rope_cos, *rope_sin; /* [pos][head_dim/2] */
     /* per-position scratch, TL_MAX_BATCH rows each */
     float *xn, *q, *att, *scores, *hb, *hb2, *tmp, *xb;
-    struct eevp_head **mm;   /* [layer][7]: the weight matrices as libeevp heads */
-    void *mm_work;
 } tl_state;
 
 int tl_state_init(tl_state *s, const tl_model *m, int32_t max_seq);
