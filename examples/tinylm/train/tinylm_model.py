@@ -101,11 +101,13 @@ class Attention(nn.Module):
         v = self.v_proj(x).view(B, T, self.nkv, self.hd).transpose(1, 2)
         return apply_rope(k, cos, sin), v
 
-    def forward(self, x, cos, sin):
+    def forward(self, x, cos, sin, xkv=None):
+        """xkv: the normalised inputs K/V come from, if not x (state
+        propagation: an exited position's K/V come from its exit state)."""
         B, T, _ = x.shape
         q = self.q_proj(x).view(B, T, self.nh, self.hd).transpose(1, 2)
         q = apply_rope(q, cos, sin)
-        k, v = self.kv(x, cos, sin)
+        k, v = self.kv(x if xkv is None else xkv, cos, sin)
         rep = self.nh // self.nkv
         k = k.repeat_interleave(rep, dim=1)
         v = v.repeat_interleave(rep, dim=1)
@@ -136,8 +138,9 @@ class Layer(nn.Module):
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
-    def forward(self, x, cos, sin):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin)
+    def forward(self, x, cos, sin, kvin=None):
+        hk = None if kvin is None else self.input_layernorm(kvin)
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, hk)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -172,19 +175,30 @@ class TinyLM(nn.Module):
     def logits(self, h):
         return F.linear(self.model.norm(h), self.head_weight())
 
-    def hidden_states(self, ids, drop=None, gen=None):
+    def hidden_states(self, ids, drop=None, gen=None, exit_at=None):
         """Raw hidden state after every layer: list of L tensors (B, T, d).
 
         drop: optional per-layer skip probabilities (layer dropout, training
         only): each sequence of the batch skips layer l with probability
         drop[l], its state passing through unchanged; only the kept
-        sequences are computed."""
+        sequences are computed.
+
+        exit_at: optional callable (l, x) -> (B, T) bool tensor or None, the
+        positions that exit after layer l.  Every later layer then takes
+        such a position's K/V from its state after layer l (state
+        propagation, as the C runtime does).  The list gets one more entry:
+        each position's state at its exit (the last layer's if none)."""
         B, T = ids.shape
         cos, sin = rope_cos_sin(self.cfg, torch.arange(T))
         x = self.model.embed_tokens(ids)
         out = []
+        done, xe = None, None           # exited positions, their exit states
         for l, layer in enumerate(self.model.layers):
-            if drop is None or drop[l] <= 0.0:
+            kvin = None if done is None else torch.where(done[..., None], xe, x)
+            if kvin is not None:
+                x = layer(x, cos, sin, kvin)
+                out.append(x)
+            elif drop is None or drop[l] <= 0.0:
                 x = layer(x, cos, sin)
             else:
                 keep = torch.rand(B, generator=gen) >= drop[l]
@@ -193,7 +207,15 @@ class TinyLM(nn.Module):
                 elif bool(keep.any()):
                     idx = keep.nonzero().squeeze(1)
                     x = x.index_copy(0, idx, layer(x[idx], cos, sin))
-            out.append(x)
+            if kvin is None:
+                out.append(x)
+            e = exit_at(l, x) if exit_at is not None and l < len(self.model.layers) - 1 else None
+            if e is not None:
+                new = e if done is None else e & ~done
+                xe = torch.where(new[..., None], x, x if xe is None else xe)
+                done = new if done is None else done | new
+        if exit_at is not None:
+            out.append(x if done is None else torch.where(done[..., None], xe, x))
         return out
 
     def forward(self, ids):

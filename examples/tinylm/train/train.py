@@ -150,6 +150,18 @@ def exit_weights(L, e_scale, step, steps, share):
     return [v / tot for v in w]
 
 
+def exit_rule(model, first, thr):
+    """The runtime's exit decision for hidden_states(exit_at=...): from layer
+    `first` on, a position exits once its top-2 probability gap reaches thr."""
+    def exit_at(l, h):
+        if l < first:
+            return None
+        with torch.no_grad():
+            top = model.logits(h).float().softmax(-1).topk(2, -1).values
+            return top[..., 0] - top[..., 1] >= thr
+    return exit_at
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=os.path.join(HERE, "..", "model"))
@@ -171,6 +183,17 @@ def main():
                     help="continue from this checkpoint (and reuse its tokenizer)")
     ap.add_argument("--distill", type=float, default=0.0,
                     help="weight a of KL(last || layer) in the intermediate losses")
+    ap.add_argument("--propagate", type=float, default=0.0,
+                    help="weight of the state-propagation loss: a second pass in which "
+                         "positions exit as the runtime's top-2 gap criterion says, later "
+                         "layers take their K/V from the exit state, and each position's "
+                         "exit prediction is pulled towards the clean last layer (KL)")
+    ap.add_argument("--prop-seqs", type=int, default=4,
+                    help="sequences of the batch that take that pass")
+    ap.add_argument("--prop-first", type=int, default=2,
+                    help="first layer checked in that pass (0-based)")
+    ap.add_argument("--prop-thr", default="0.05,0.2", metavar="LO,HI",
+                    help="that pass's top-2 gap threshold, drawn uniformly each step")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--amp", default="bf16", choices=["bf16", "off"],
                     help="bf16 autocast for the forward pass (weights, gradients and the "
@@ -273,6 +296,18 @@ def main():
                 else:
                     losses.append(torch.zeros(()))
             loss = sum(wl * ll for wl, ll in zip(w, losses) if wl > 0)
+            if args.propagate > 0:
+                lo, hi = (float(v) for v in args.prop_thr.split(","))
+                thr = lo + (hi - lo) * torch.rand((), generator=gen).item()
+                npr = min(B, args.prop_seqs)
+                hp = model.hidden_states(inp[:npr],
+                                         exit_at=exit_rule(model, args.prop_first, thr))
+                pred = model.logits(hp[-1].reshape(npr * T, -1)).float()
+                clean = final[:npr * T].detach()
+                prop_kl = F.kl_div(F.log_softmax(pred, -1), F.log_softmax(clean, -1),
+                                   log_target=True, reduction="batchmean")
+                prop_agree = (pred.argmax(-1) == clean.argmax(-1)).float().mean().item()
+                loss = loss + args.propagate * prop_kl
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -280,9 +315,14 @@ def main():
         per = [round(v.item(), 4) for v in losses]
         if step % 10 == 0 or step == 1:
             el = time.time() - t_train
-            print(f"step {step} lr {lr:.2e} loss {loss.item():.4f} per-layer {per} "
+            extra = ""
+            entry = {"step": step, "loss": loss.item(), "per_layer": per}
+            if args.propagate > 0:
+                extra = f" prop kl {prop_kl.item():.4f} agree {prop_agree:.4f}"
+                entry.update(prop_kl=round(prop_kl.item(), 4), prop_agree=round(prop_agree, 4))
+            print(f"step {step} lr {lr:.2e} loss {loss.item():.4f} per-layer {per}{extra} "
                   f"{el / step:.2f} s/step", flush=True)
-            log.append({"step": step, "loss": loss.item(), "per_layer": per})
+            log.append(entry)
         if step % 50 == 0 or step == stop:
             save_checkpoint(model, out, args.dtype)
     train_time = time.time() - t_train
@@ -295,6 +335,8 @@ def main():
         "layer_dropout_max": args.layer_dropout,
         "layer_dropout": drop, "exit_scale": args.exit_scale,
         "curriculum_share": args.curriculum,
+        "propagate": args.propagate, "prop_seqs": args.prop_seqs,
+        "prop_first": args.prop_first, "prop_thr": args.prop_thr,
         "threads": args.threads, "amp": args.amp, "parameters": nparam, "dtype": args.dtype,
         "tokenizer_seconds": round(t_tok, 1), "train_seconds": round(train_time, 1),
         "log": log,
