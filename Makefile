@@ -213,14 +213,16 @@ build/fuzz/fuzz_%: tests/fuzz/fuzz_%.c $(FUZZ_DEPS) | build/fuzz
 	$(FUZZ_CC) -std=c99 -D_POSIX_C_SOURCE=200809L $(WARN) $(FUZZ_FLAGS) -Iinclude -Isrc \
 	  $(BLAS_CFLAGS) -o $@ $< $(SRCS) $(BLAS_LIBS) -lm
 
-# The checkpoint loader: ckpt.c alone, with Debian's libjansson (not fuzzed).
+# The checkpoint loader: ckpt.c (with matmul.c, which packs the loaded
+# matrices), with Debian's libjansson (not fuzzed).
 JANSSON_CFLAGS = $(shell $(PKG_CONFIG) --cflags jansson 2>/dev/null)
 JANSSON_LIBS = $(shell $(PKG_CONFIG) --libs jansson 2>/dev/null || echo -ljansson)
-TINYLM_CKPT := examples/tinylm/ckpt.c examples/tinylm/tinylm.h
+TINYLM_CKPT := examples/tinylm/ckpt.c examples/tinylm/matmul.c examples/tinylm/tinylm.h
 
 build/fuzz/fuzz_tinylm: tests/fuzz/fuzz_tinylm.c $(TINYLM_CKPT) | build/fuzz
 	$(FUZZ_CC) -std=c99 -D_POSIX_C_SOURCE=200809L $(WARN) $(FUZZ_FLAGS) -Iexamples/tinylm \
-	  $(JANSSON_CFLAGS) -o $@ $< examples/tinylm/ckpt.c $(JANSSON_LIBS) -lm
+	  $(JANSSON_CFLAGS) -o $@ $< examples/tinylm/ckpt.c examples/tinylm/matmul.c \
+	  $(JANSSON_LIBS) -lm
 
 fuzz-build: deps-fuzz
 	$(MAKE) $(FUZZ_BINS)
@@ -259,7 +261,7 @@ build/fuzz/replay_%: tests/fuzz/fuzz_%.c tests/fuzz/replay.c tests/fuzz/fuzz_com
 build/fuzz/replay_tinylm: tests/fuzz/fuzz_tinylm.c tests/fuzz/replay.c $(TINYLM_CKPT) \
   | build/fuzz
 	$(CC) $(ALL_CFLAGS) -Iexamples/tinylm $(JANSSON_CFLAGS) -o $@ $< tests/fuzz/replay.c \
-	  examples/tinylm/ckpt.c $(JANSSON_LIBS) -lm
+	  examples/tinylm/ckpt.c examples/tinylm/matmul.c $(JANSSON_LIBS) -lm
 
 check-fuzz-replay: $(REPLAY_BINS)
 	@set -e; for t in $(FUZZ_TARGETS); do \
@@ -445,8 +447,10 @@ TINYLM_OBJS := $(patsubst examples/tinylm/%.c,build/tinylm/%.o,$(TINYLM_SRCS)) \
   build/tinylm/tok.o
 # GCC's -O2 vectorises only loops that need no remainder code: the runtime's
 # loops over a head or the hidden size do (element-wise, so the same bits).
-TINYLM_CFLAGS = $(ALL_CFLAGS) -fvect-cost-model=dynamic \
-  $(shell $(PKG_CONFIG) --cflags jansson 2>/dev/null)
+# Clang vectorises them at -O2 already and does not know the flag.
+TINYLM_VECT := $(shell $(CC) -fvect-cost-model=dynamic -E -x c /dev/null >/dev/null 2>&1 \
+  && echo -fvect-cost-model=dynamic)
+TINYLM_CFLAGS = $(ALL_CFLAGS) $(TINYLM_VECT) $(shell $(PKG_CONFIG) --cflags jansson 2>/dev/null)
 TINYLM_LIBS = $(shell $(PKG_CONFIG) --libs jansson 2>/dev/null || echo -ljansson) \
   -lsentencepiece $(BLAS_LIBS) -lm
 
@@ -510,13 +514,13 @@ demo-sweep: tinylm
 # MPI_Allreduce (a user-defined MPI_Op over eevp_shard_merge) or MPI_Allgather,
 # on a synthetic head and on tinylm, and check every decision against the
 # unsharded head.  It reuses the tinylm runtime's own objects: the runner
-# (decode.o) and what it calls (ckpt.o, llama.o, tok.o); not all of
+# (decode.o) and what it calls (ckpt.o, llama.o, matmul.o, tok.o); not all of
 # $(TINYLM_OBJS) less main.o, since demo.o calls run_generate in main.o.
 MPICC ?= mpicc
 MPIRUN ?= mpirun
 MPIRUN_FLAGS ?= --allow-run-as-root --oversubscribe
 MPI_TINYLM_OBJS := build/tinylm/decode.o build/tinylm/ckpt.o build/tinylm/llama.o \
-  build/tinylm/tok.o
+  build/tinylm/matmul.o build/tinylm/tok.o
 # One OpenBLAS thread per rank (two cores); shared-memory transfers without
 # CMA/KNEM, which containers often forbid; ranks yield while they wait.
 MPI_RUN_ENV := OPENBLAS_NUM_THREADS=1 OMPI_MCA_btl_vader_single_copy_mechanism=none \

@@ -14,7 +14,8 @@
  * tl_model_load must either succeed with a model whose tensors have the
  * shapes config.json implies (then tl_model_free), or fail with a message;
  * ASan and UBSan watch the parsing, LeakSanitizer the failure paths.  Only
- * ckpt.c is built with the sanitizers; Debian's libjansson is not fuzzed.
+ * ckpt.c and matmul.c (which packs the loaded matrices) are built with the
+ * sanitizers; Debian's libjansson is not fuzzed.
  */
 #include <fcntl.h>
 #include <stdint.h>
