@@ -473,8 +473,9 @@ tinylm: all examples/tinylm/tinylm
 # Retrain the shipped model (docs/TINYLM.md gives the time; not run by CI).
 # Stage 1 (LayerSkip's recipe, from scratch) into build/tinylm-stage1, then
 # three stages of self-distillation towards the last layer, each from the
-# one before with a heavier weight on the early layers, the last into the
-# model directory (docs/TINYLM.md §2).  Stages 2-4 ran on one thread.
+# one before with a heavier weight on the early layers, then a stage that
+# adds the state-propagation loss (its teacher: stage 4, frozen) into the
+# model directory (docs/TINYLM.md §2).  Stages 2-5 ran on one thread.
 TINYLM_DISTILL := --steps 1000 --warmup 10 --curriculum 0 --threads 1
 tinylm-train:
 	$(TINYLM_PY) examples/tinylm/train/train.py --out build/tinylm-stage1
@@ -483,8 +484,11 @@ tinylm-train:
 	$(TINYLM_PY) examples/tinylm/train/train.py --init build/tinylm-stage2 \
 	  --out build/tinylm-stage3 $(TINYLM_DISTILL) --lr 3e-4 --distill 0.95 --exit-scale 6
 	$(TINYLM_PY) examples/tinylm/train/train.py --init build/tinylm-stage3 \
-	  --out examples/tinylm/model $(TINYLM_DISTILL) --lr 3e-4 --distill 0.95 --exit-scale 8
-	for n in 1 2 3; do cp build/tinylm-stage$$n/train_log.json \
+	  --out build/tinylm-stage4 $(TINYLM_DISTILL) --lr 3e-4 --distill 0.95 --exit-scale 8
+	$(TINYLM_PY) examples/tinylm/train/train.py --init build/tinylm-stage4 \
+	  --out examples/tinylm/model --steps 800 --warmup 10 --curriculum 0 --threads 1 \
+	  --lr 2e-4 --distill 0.95 --exit-scale 8 --propagate 1
+	for n in 1 2 3 4; do cp build/tinylm-stage$$n/train_log.json \
 	  examples/tinylm/model/train_log_stage$$n.json; done
 
 # Checkpoint-reader tests (corrupt, truncated, mismatched files), the PyTorch
