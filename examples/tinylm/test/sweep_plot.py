@@ -5,7 +5,9 @@ and K on the held-out test split, printed as CSV and drawn as
 docs/tinylm_sweep.png (layers saved against agreement, one curve per K, the
 shape of the method's published quality/speed figures).
 
-    /usr/bin/python3 examples/tinylm/test/sweep_plot.py [--tokens N]
+    /usr/bin/python3 examples/tinylm/test/sweep_plot.py [--tokens N] [--plot-only]
+
+--plot-only draws the plot from the CSV already written, without a new sweep.
 """
 import argparse
 import csv
@@ -23,11 +25,13 @@ def main():
     ap.add_argument("--first", type=int, default=2)
     ap.add_argument("--csv", default=os.path.join(ROOT, "docs", "tinylm_sweep.csv"))
     ap.add_argument("--png", default=os.path.join(ROOT, "docs", "tinylm_sweep.png"))
+    ap.add_argument("--plot-only", action="store_true")
     args = ap.parse_args()
-    subprocess.run([os.path.join(ROOT, "examples/tinylm/tinylm"), "sweep",
-                    "--model", os.path.join(ROOT, "examples/tinylm/model"),
-                    "--test-tokens", str(args.tokens), "--first", str(args.first),
-                    "--out", args.csv], check=True)
+    if not args.plot_only:
+        subprocess.run([os.path.join(ROOT, "examples/tinylm/tinylm"), "sweep",
+                        "--model", os.path.join(ROOT, "examples/tinylm/model"),
+                        "--test-tokens", str(args.tokens), "--first", str(args.first),
+                        "--out", args.csv], check=True)
     rows = list(csv.DictReader(open(args.csv)))
     try:
         import matplotlib
