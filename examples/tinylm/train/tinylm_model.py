@@ -186,18 +186,17 @@ class TinyLM(nn.Module):
         exit_at: optional callable (l, x) -> (B, T) bool tensor or None, the
         positions that exit after layer l.  Every later layer then takes
         such a position's K/V from its state after layer l (state
-        propagation, as the C runtime does).  The list gets one more entry:
-        each position's state at its exit (the last layer's if none)."""
+        propagation, as the C runtime does; layer dropout stops once a
+        position has exited).  The list gets one more entry: each
+        position's state at its exit (the last layer's if none)."""
         B, T = ids.shape
         cos, sin = rope_cos_sin(self.cfg, torch.arange(T))
         x = self.model.embed_tokens(ids)
         out = []
         done, xe = None, None           # exited positions, their exit states
         for l, layer in enumerate(self.model.layers):
-            kvin = None if done is None else torch.where(done[..., None], xe, x)
-            if kvin is not None:
-                x = layer(x, cos, sin, kvin)
-                out.append(x)
+            if done is not None:
+                x = layer(x, cos, sin, torch.where(done[..., None], xe, x))
             elif drop is None or drop[l] <= 0.0:
                 x = layer(x, cos, sin)
             else:
@@ -207,8 +206,7 @@ class TinyLM(nn.Module):
                 elif bool(keep.any()):
                     idx = keep.nonzero().squeeze(1)
                     x = x.index_copy(0, idx, layer(x[idx], cos, sin))
-            if kvin is None:
-                out.append(x)
+            out.append(x)
             e = exit_at(l, x) if exit_at is not None and l < len(self.model.layers) - 1 else None
             if e is not None:
                 new = e if done is None else e & ~done
