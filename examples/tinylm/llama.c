@@ -23,19 +23,25 @@ static int64_t kv_dim(const tl_config *c)
     return (int64_t)c->n_kv_heads * c->head_dim;
 }
 
-/* y[i*ldy + r] = W_r . x_i for n rows of x through the batch-invariant
- * product (matmul.c).  Returns 0, or -1 on a non-finite input. */
-static int matmul(tl_state *s, int32_t which, int32_t l, int32_t n, const float *x,
-                  int64_t ldx, float *y, int64_t ldy)
+/* 0 when the n rows of x (cols floats, ldx apart) are all finite, else -1:
+ * each product's input is checked once, before the products that share it. */
+static int finite_rows(const float *x, int32_t n, int64_t cols, int64_t ldx)
 {
-    const tl_matrix *mx = &s->m->layers[l].mm[which];
-    int32_t i, c;
+    int32_t i;
+    int64_t c;
     for (i = 0; i < n; i++)
-        for (c = 0; c < mx->cols; c++)
+        for (c = 0; c < cols; c++)
             if (!isfinite(x[(size_t)i * (size_t)ldx + (size_t)c]))
                 return -1;
-    tl_matmul(mx, n, x, ldx, y, ldy);
     return 0;
+}
+
+/* y[i*ldy + r] = W_r . x_i for n rows of x through the batch-invariant
+ * product (matmul.c). */
+static void matmul(tl_state *s, int32_t which, int32_t l, int32_t n, const float *x,
+                   int64_t ldx, float *y, int64_t ldy)
+{
+    tl_matmul(&s->m->layers[l].mm[which], n, x, ldx, y, ldy);
 }
 
 int tl_state_init(tl_state *s, const tl_model *m, int32_t max_seq)
@@ -149,11 +155,12 @@ static int store_kv(tl_state *s, int32_t l, int32_t pos0, int32_t n)
     const int64_t kvd = kv_dim(c), d = c->hidden_size;
     int32_t half = c->head_dim / 2, i;
     /* Consecutive positions are consecutive cache rows: the products write
-     * straight into the cache (on failure, a non-finite input, the rows
-     * already written are left for the caller, who gives up). */
-    if (matmul(s, TL_MM_K, l, n, s->xn, d, cache_row(s->kcache, s, l, pos0), kvd) != 0 ||
-        matmul(s, TL_MM_V, l, n, s->xn, d, cache_row(s->vcache, s, l, pos0), kvd) != 0)
+     * straight into the cache, after the input is checked (a non-finite
+     * one leaves the cache as it was). */
+    if (finite_rows(s->xn, n, d, d) != 0)
         return -1;
+    matmul(s, TL_MM_K, l, n, s->xn, d, cache_row(s->kcache, s, l, pos0), kvd);
+    matmul(s, TL_MM_V, l, n, s->xn, d, cache_row(s->vcache, s, l, pos0), kvd);
     for (i = 0; i < n; i++) {
         const int32_t pos = pos0 + i;
         rope(cache_row(s->kcache, s, l, pos), c->n_kv_heads, c->head_dim,
@@ -254,8 +261,9 @@ int tl_layer_forward_batch(tl_state *s, int32_t l, int32_t pos0, int32_t n, floa
     for (i = 0; i < n; i++)
         rmsnorm(s->xn + (size_t)i * (size_t)d, x + (size_t)i * (size_t)ldx, L->attn_norm,
                 (int32_t)d, c->rms_eps);
-    if (matmul(s, TL_MM_Q, l, n, s->xn, d, s->q, qd) != 0 || store_kv(s, l, pos0, n) != 0)
+    if (store_kv(s, l, pos0, n) != 0) /* checks xn, which Q shares */
         return -1;
+    matmul(s, TL_MM_Q, l, n, s->xn, d, s->q, qd);
     /* Causal attention inside the batch: row i sees the cache up to its
      * own position, which store_kv has just filled for the whole batch. */
     for (i = 0; i < n; i++) {
@@ -264,8 +272,9 @@ int tl_layer_forward_batch(tl_state *s, int32_t l, int32_t pos0, int32_t n, floa
              s->rope_sin + (size_t)(pos0 + i) * half);
         attend(s, l, pos0 + i, q, s->att + (size_t)i * (size_t)qd);
     }
-    if (matmul(s, TL_MM_O, l, n, s->att, qd, s->tmp, d) != 0)
+    if (finite_rows(s->att, n, qd, qd) != 0)
         return -1;
+    matmul(s, TL_MM_O, l, n, s->att, qd, s->tmp, d);
     for (i = 0; i < n; i++)
         for (j = 0; j < d; j++)
             x[(size_t)i * (size_t)ldx + (size_t)j] += s->tmp[(size_t)i * (size_t)d + (size_t)j];
@@ -273,15 +282,17 @@ int tl_layer_forward_batch(tl_state *s, int32_t l, int32_t pos0, int32_t n, floa
     for (i = 0; i < n; i++)
         rmsnorm(s->xn + (size_t)i * (size_t)d, x + (size_t)i * (size_t)ldx, L->ffn_norm,
                 (int32_t)d, c->rms_eps);
-    if (matmul(s, TL_MM_GATE, l, n, s->xn, d, s->hb, ff) != 0 ||
-        matmul(s, TL_MM_UP, l, n, s->xn, d, s->hb2, ff) != 0)
+    if (finite_rows(s->xn, n, d, d) != 0)
         return -1;
+    matmul(s, TL_MM_GATE, l, n, s->xn, d, s->hb, ff);
+    matmul(s, TL_MM_UP, l, n, s->xn, d, s->hb2, ff);
     for (j = 0; j < (int64_t)n * ff; j++) {
         float g = s->hb[j];
         s->hb[j] = g / (1.0f + expf(-g)) * s->hb2[j];
     }
-    if (matmul(s, TL_MM_DOWN, l, n, s->hb, ff, s->tmp, d) != 0)
+    if (finite_rows(s->hb, n, ff, ff) != 0)
         return -1;
+    matmul(s, TL_MM_DOWN, l, n, s->hb, ff, s->tmp, d);
     for (i = 0; i < n; i++)
         for (j = 0; j < d; j++)
             x[(size_t)i * (size_t)ldx + (size_t)j] += s->tmp[(size_t)i * (size_t)d + (size_t)j];

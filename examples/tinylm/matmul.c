@@ -26,9 +26,14 @@
 #define NR 16 /* outputs per panel */
 #define MR 6  /* positions per tile at most */
 
+static int64_t n_panels(int32_t rows)
+{
+    return ((int64_t)rows + NR - 1) / NR;
+}
+
 int tl_matrix_pack(tl_matrix *mx, const float *w, int32_t rows, int32_t cols)
 {
-    const int64_t np = ((int64_t)rows + NR - 1) / NR;
+    const int64_t np = n_panels(rows);
     void *p = NULL;
     int64_t k, c, j;
     memset(mx, 0, sizeof *mx);
@@ -126,7 +131,7 @@ tile(const tl_matrix *mx, int64_t k, const int P, const int Q, const float *x, i
 AVX2F static void matmul_avx2(const tl_matrix *mx, int32_t n, const float *x, int64_t ldx,
                               float *y, int64_t ldy)
 {
-    const int64_t np = ((int64_t)mx->rows + NR - 1) / NR;
+    const int64_t np = n_panels(mx->rows);
     int64_t k = 0;
     int32_t i;
     if (n <= 3) {
@@ -176,7 +181,7 @@ int tl_matmul_simd(void)
 void tl_matmul(const tl_matrix *mx, int32_t n, const float *x, int64_t ldx, float *y,
                int64_t ldy)
 {
-    const int64_t np = ((int64_t)mx->rows + NR - 1) / NR;
+    const int64_t np = n_panels(mx->rows);
     int64_t k;
     int32_t i;
 #ifdef HAVE_AVX2_TILES
